@@ -1,0 +1,126 @@
+"""Checkpoint files: one ``.pt`` that ``torch.load(weights_only=True)`` reads, holding everything inference needs.
+
+Layout (format 1)::
+
+    {"format": "cldl-checkpoint", "format_version": 1,
+     "model_config": {...}, "task": {...}, "preprocess": {...}, "patch_size": [D, H, W],
+     "provenance": {"seed", "epoch", "metrics", "code_version", "created", "command", ...},
+     "state_dict": {...}, "training_state": {...} | None}
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data.preprocess import PreprocessConfig
+from .model import ModelConfig, UNetLDL
+from .tasks import Task
+
+FORMAT = "cldl-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with the reason."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint."""
+
+    model_config: ModelConfig
+    task: Task
+    preprocess: PreprocessConfig
+    patch_size: tuple[int, int, int]
+    state_dict: dict[str, torch.Tensor]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    training_state: dict[str, Any] | None = None
+    path: Path | None = None
+
+    def build_model(self, device: str | torch.device = "cpu") -> UNetLDL:
+        """The network with these weights, in eval mode on ``device``."""
+        model = UNetLDL(self.model_config)
+        model.load_state_dict(self.state_dict)
+        return model.to(device).eval()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The serialisable form."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_config": self.model_config.to_dict(),
+            "task": self.task.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+            "patch_size": list(self.patch_size),
+            "provenance": self.provenance,
+            "state_dict": self.state_dict,
+            "training_state": self.training_state,
+        }
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
+    """Write atomically (temporary file, then rename) so a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(checkpoint.to_dict(), tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load safely (``weights_only=True``) and validate; a clear CheckpointError says what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable CLDL checkpoint ({reason[:200]})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a CLDL checkpoint (no '{FORMAT}' marker)")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {version} is newer than this cldl supports ({FORMAT_VERSION}); upgrade cldl"
+        )
+    try:
+        checkpoint = Checkpoint(
+            model_config=ModelConfig.from_dict(data["model_config"]),
+            task=Task.from_dict(data["task"]),
+            preprocess=PreprocessConfig.from_dict(data["preprocess"]),
+            patch_size=tuple(int(s) for s in data["patch_size"]),
+            state_dict=data["state_dict"],
+            provenance=dict(data.get("provenance") or {}),
+            training_state=data.get("training_state"),
+            path=path,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: damaged CLDL checkpoint ({exc})") from None
+    if checkpoint.model_config.in_channels != checkpoint.task.num_modalities:
+        raise CheckpointError(f"{path}: model inputs do not match the task's modalities")
+    if checkpoint.model_config.num_classes != checkpoint.task.num_classes:
+        raise CheckpointError(f"{path}: model classes do not match the task's labels")
+    return checkpoint
+
+
+def check_task(checkpoint: Checkpoint, task: Task) -> None:
+    """Refuse a checkpoint trained for another task (different modalities or label values)."""
+    if not checkpoint.task.same_labels_as(task):
+        raise CheckpointError(
+            f"checkpoint is for task {checkpoint.task.name!r} (inputs {list(checkpoint.task.modalities)}, labels "
+            f"{list(checkpoint.task.label_values)}), not {task.name!r} (inputs {list(task.modalities)}, labels "
+            f"{list(task.label_values)})"
+        )

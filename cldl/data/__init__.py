@@ -1,0 +1,1 @@
+"""Data: synthetic phantoms and dataset handling."""
