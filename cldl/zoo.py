@@ -97,6 +97,8 @@ def resolve_model(name_or_path: str | Path) -> Path:
         path = BUNDLED_DIR / entry.filename
         if not path.is_file():
             raise FileNotFoundError(f"bundled model file {path} is missing; reinstall cldl")
+        if sha256_of(path) != entry.sha256:
+            raise ValueError(f"bundled model file {path} does not match its sha256 (damaged?); reinstall cldl")
         return path
     path = cache_dir() / entry.filename
     if path.is_file() and sha256_of(path) == entry.sha256:

@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny trained checkpoint and a phantom case on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cldl.data.phantoms import brats_phantom, write_case
+from cldl.events import Reporter
+from cldl.train import TrainConfig, Trainer
+
+torch.set_num_threads(2)
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """A BraTS phantom run small enough for unit tests (seconds on 2 CPU cores)."""
+    values = {
+        "task": "brats",
+        "phantoms": {"train_seeds": [0, 2], "val_seeds": [10_000, 10_001], "shape": [48, 48, 48]},
+        "model": {"base_width": 4},
+        "patch_size": [32, 32, 32],
+        "batch_size": 1,
+        "epochs": 2,
+        "iters_per_epoch": 2,
+        "lr": 1e-3,
+        "device": "cpu",
+        "seed": 7,
+    }
+    values.update(overrides)
+    return TrainConfig.from_dict(values)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run folder of a finished tiny training run (``best.pt``, ``last.pt``, ``metrics.jsonl``)."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    Trainer(tiny_config(), out, Reporter("none")).run()
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_run: Path) -> Path:
+    """A small BraTS checkpoint (untrained quality, real format)."""
+    return tiny_run / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def phantom_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 48^3 BraTS phantom written in the BraTS layout: keys flair, t1, t1ce, t2, seg."""
+    return write_case(brats_phantom(123, shape=(48, 48, 48)), tmp_path_factory.mktemp("phantom"), layout="brats")

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment in .venv and install cldl into it.
+#   scripts/setup_env.sh          runtime only (torch, numpy, SimpleITK, nibabel, vtk for snapshots)
+#   scripts/setup_env.sh --test   plus the test tools (pytest, medpy, surface-distance, scipy, ruff)
+# Idempotent: a stamp records what was installed; nothing is reinstalled unless pyproject.toml or
+# constraints.txt changed. torch is pinned through constraints.txt (never let pip choose another build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="render"
+[ "${1:-}" = "--test" ] && extras="render,test"
+
+python="${PYTHON:-python3}"
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+  echo "error: Python >= 3.10 is required (set PYTHON=/path/to/python3.x)" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "creating .venv with $("$python" --version)" >&2
+  "$python" -m venv .venv
+fi
+
+stamp=".venv/.cldl-installed-$extras"
+want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+echo "installing cldl[$extras] into .venv (first run: about a minute)" >&2
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0 -e ".[$extras]"
+echo "$want" > "$stamp"
