@@ -72,6 +72,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
     os.close(handle)
     try:
         torch.save(checkpoint.to_dict(), tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -72,7 +72,7 @@ class Reporter:
                 self.close()
                 self._bar = tqdm(total=fields["total"], desc=fields["stage"], file=stream, leave=False)
                 self._bar_stage = fields["stage"]
-            self._bar.n = fields["done"]
+            self._bar.update(fields["done"] - self._bar.n)
             extra = {k: v for k, v in fields.items() if k not in ("stage", "done", "total")}
             if extra:
                 self._bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in extra.items()})

@@ -44,7 +44,7 @@ REGISTRY: dict[str, ModelEntry] = {
             "not for clinical use",
             task="brats",
             filename="cldl_brats_phantom_demo.pt",
-            sha256="",
+            sha256="ee6f704471b152a7db308c96e2104de2f8243d12ffdcde65f68802fc309a7903",
         ),
     )
 }
