@@ -40,7 +40,8 @@ def rldl_targets(labels: torch.Tensor, num_classes: int, regions: tuple[int, ...
 def smooth_distribution(target: torch.Tensor, eps: float = SMOOTH_EPS) -> torch.Tensor:
     """Move ``eps`` of mass from the n non-zero classes to the zero classes where any class is zero (pure).
 
-    Non-zero entries lose eps/n^2 each, zero entries gain eps/(n (K - n)) each: sums stay 1, entries become > 0.
+    Non-zero entries lose eps/n^2 each, zero entries gain eps/(n (K - n)) each: sums stay 1, entries become > 0
+    (the authors' rule; a voxel where it would make an entry negative is floored and renormalised instead).
     """
     num_classes = target.shape[1]
     positive = target > 0
@@ -50,7 +51,12 @@ def smooth_distribution(target: torch.Tensor, eps: float = SMOOTH_EPS) -> torch.
     gain_each = torch.where(
         needs, eps / (count.clamp(min=1) * (num_classes - count).clamp(min=1)), torch.zeros_like(count)
     )
-    return torch.where(positive, target - loss_each, target + gain_each)
+    smoothed = torch.where(positive, target - loss_each, target + gain_each)
+    # an entry below eps/n^2 (regions over 8^3, blurred targets; never at r <= 8) would go negative: floor, renormalise
+    floor = eps / (1000 * num_classes)
+    repaired = smoothed.clamp(min=floor)
+    repaired = repaired / repaired.sum(dim=1, keepdim=True)
+    return torch.where((smoothed < floor).any(dim=1, keepdim=True), repaired, smoothed)
 
 
 def gaussian_label_distribution(labels: torch.Tensor, num_classes: int, sigma: float = 1.0) -> torch.Tensor:

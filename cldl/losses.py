@@ -72,6 +72,11 @@ def cldl_loss(
     """The total CLDL loss and its detached parts (``ldl1..3``, ``ce``, ``dice``)."""
     if len(targets) != len(output.stage_log_probs):
         raise ValueError(f"{len(output.stage_log_probs)} LDL stages but {len(targets)} targets")
+    for index, (log_q, target) in enumerate(zip(output.stage_log_probs, targets)):
+        if log_q.shape != target.shape:
+            raise ValueError(
+                f"LDL stage {index + 1}: prediction grid {tuple(log_q.shape)} != target {tuple(target.shape)}"
+            )
     weights = stage_weights if stage_weights is not None else [1.0] * len(targets)
     parts: dict[str, torch.Tensor] = {}
     ldl = output.logits.new_zeros((), dtype=torch.float32)
