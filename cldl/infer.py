@@ -51,12 +51,17 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def window_starts(size: int, window: int, overlap: float) -> list[int]:
-    """Evenly spread window starts covering ``size`` with at least ``overlap`` between neighbours."""
+    """Evenly spread window starts covering ``size`` with at least ``overlap`` between neighbours.
+
+    The starts are mirror-symmetric (``size - window - s`` is a start for every start ``s``), so the windows
+    of a flipped volume are the flipped windows.
+    """
     if size <= window:
         return [0]
     step = max(1, int(window * (1.0 - overlap)))
     count = math.ceil((size - window) / step) + 1
-    return sorted({int(round(i * (size - window) / (count - 1))) for i in range(count)})
+    first_half = [math.floor(i * (size - window) / (count - 1) + 0.5) for i in range((count + 1) // 2)]
+    return sorted(set(first_half) | {size - window - s for s in first_half})
 
 
 def gaussian_importance(
@@ -186,16 +191,19 @@ def sliding_window_probabilities(
 ) -> torch.Tensor:
     """Softmax of ``model``'s final head over a ``C x d x h x w`` volume by weighted sliding windows (float32).
 
-    Volumes smaller than the window are padded (with 0, or each channel's minimum for ``pad_value="min"``).
+    Volumes smaller than the window are padded evenly on both sides (with 0, or the volume's minimum for
+    ``pad_value="min"``), so the windows of a mirrored volume are the mirrored windows.
     """
     device = next(model.parameters()).device
     window = tuple(int(w) for w in window)
     image = torch.from_numpy(np.ascontiguousarray(volume)).to(device)
     shape = tuple(image.shape[1:])
     pad = [max(0, w - s) for s, w in zip(shape, window)]
+    before = [p // 2 for p in pad]
     if any(pad):
         fill = float(image.min()) if pad_value == "min" else 0.0
-        image = F.pad(image, (0, pad[2], 0, pad[1], 0, pad[0]), value=fill)
+        sides = [(b, p - b) for b, p in zip(before, pad)]
+        image = F.pad(image, (*sides[2], *sides[1], *sides[0]), value=fill)
     padded = tuple(image.shape[1:])
     starts = list(itertools.product(*(window_starts(s, w, overlap) for s, w in zip(padded, window))))
     weight = gaussian_importance(window, device=device) if gaussian else torch.ones(window, device=device)
@@ -218,7 +226,7 @@ def sliding_window_probabilities(
         if progress is not None:
             progress(min(first + window_batch, total), total)
     accumulated.div_(coverage)
-    return accumulated[(slice(None),) + tuple(slice(0, s) for s in shape)]
+    return accumulated[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, shape))]
 
 
 def _mirrored_softmax(model: torch.nn.Module, batch: torch.Tensor, flips: list[tuple[int, ...]]) -> torch.Tensor:

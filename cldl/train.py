@@ -60,7 +60,6 @@ class TrainConfig:
     dice: str = "robust"
     curriculum: str = "joint"
     ramp_epochs: float = 10.0
-    down_scale: int = 2
     fg_oversample: float = 0.33
     flip_prob: float = 0.5
     seed: int = 0
@@ -75,12 +74,17 @@ class TrainConfig:
             raise ValueError("set exactly one of 'data' (a dataset folder) or 'phantoms' (synthetic cases)")
         if len(self.patch_size) != 3 or any(int(p) % 16 or int(p) <= 0 for p in self.patch_size):
             raise ValueError(f"patch_size must be three positive multiples of 16, got {self.patch_size}")
+        if math.prod(int(p) // 16 for p in self.patch_size) < 2:
+            raise ValueError(f"patch_size {self.patch_size} leaves one voxel at the bottleneck; use at least 16x16x32")
         for name in ("epochs", "iters_per_epoch", "batch_size", "val_every", "lr_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.fg_oversample <= 1 or not 0 <= self.flip_prob <= 1:
             raise ValueError("fg_oversample and flip_prob must be in [0, 1]")
-        ModelConfig(**self.model)  # validates the model keys early
+        unknown = sorted(set(self.model) - set(ModelConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown model keys {unknown}; valid keys: {sorted(ModelConfig.__dataclass_fields__)}")
+        ModelConfig(**self.model)  # validates the model values early
         Curriculum(3, self.curriculum, self.ramp_epochs)
         LossConfig(self.lambda_ldl, self.lambda_ce, self.dice)
 
@@ -92,9 +96,15 @@ class TrainConfig:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text) or {}
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:  # not a ValueError: the CLI would show a traceback
+                raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
         else:
-            data = json.loads(text)
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a config file must hold a mapping of keys to values")
         return cls.from_dict({**data, **overrides})
@@ -106,7 +116,10 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a value of the wrong type, e.g. "epochs": "ten"
+            raise ValueError(f"invalid config value: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form (saved as ``config.json`` in the run folder)."""
@@ -271,7 +284,7 @@ class Trainer:
             raise ValueError("model in_channels/num_classes must match the task's modalities/labels")
         self.prep = PreprocessConfig(image_kind=self.task.image_kind)
         self.curriculum = Curriculum(self.model_config.ldl_stages, config.curriculum, config.ramp_epochs)
-        self.regions = region_sizes(self.model_config.ldl_stages, config.down_scale)
+        self.regions = region_sizes(self.model_config.ldl_stages)  # 8, 4, 2: the grids of decoder levels 1-3
         self.loss_config = LossConfig(config.lambda_ldl, config.lambda_ce, config.dice)
         self.patch = tuple(int(p) for p in config.patch_size)
         self.amp_dtype = None
@@ -308,7 +321,7 @@ class Trainer:
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             sampler.rng.bit_generator.state = json.loads(state["sampler_rng"])
-            torch.set_rng_state(state["torch_rng"])
+            torch.set_rng_state(state["torch_rng"].cpu())  # loaded onto --device; the CPU RNG needs a CPU tensor
             random.setstate(json_to_random_state(state["python_rng"]))
             start_epoch, best, history = int(state["epoch"]), float(state["best"]), list(state["history"])
             reporter.log(f"resuming {self.out_dir} at epoch {start_epoch + 1}")
@@ -442,7 +455,7 @@ class Trainer:
             "train_cases": train_ids,
             "val_cases": val_ids,
             "code_version": __version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),  # a TorchVersion would not load with weights_only
             "python": platform.python_version(),
             "command": " ".join(sys.argv),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

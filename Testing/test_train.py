@@ -1,0 +1,182 @@
+"""The trainer: loss goes down, exact resume, run-folder safety, config validation, patch sampling."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from cldl.checkpoint import load_checkpoint
+from cldl.data.phantoms import brats_phantom
+from cldl.data.preprocess import PreprocessConfig, preprocess
+from cldl.events import Reporter
+from cldl.model import UNetLDL
+from cldl.tasks import BRATS
+from cldl.train import (
+    PatchSampler,
+    TrainConfig,
+    Trainer,
+    json_to_random_state,
+    random_state_to_json,
+    seed_everything,
+)
+
+PHANTOMS_32 = {"train_seeds": [0, 2], "val_seeds": [10_000, 10_001], "shape": [32, 32, 32]}
+
+
+def _phantom_case(seed: int = 0, shape: tuple[int, int, int] = (32, 32, 32)):
+    case = brats_phantom(seed, shape=shape)
+    return preprocess(case.images, PreprocessConfig(), BRATS.modalities, BRATS.labels_to_classes(case.labels))
+
+
+def _metrics(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+class FixedBatch:
+    """A sampler that always returns the same batch."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.batch = (x, y)
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.batch
+
+
+def test_a_few_steps_on_a_fixed_phantom_batch_lower_the_loss(tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(lr=3e-3, amp=False), tmp_path)
+    sampler = PatchSampler([_phantom_case()], (32, 32, 32), fg_rate=1.0, flip_prob=0.0, seed=0)
+    x, y = sampler.sample(1)
+    assert y.max() > 0  # the patch holds tumour
+    seed_everything(0)
+    model = UNetLDL(trainer.model_config).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    parts = [trainer._step(model, optimizer, scaler, FixedBatch(x, y), progress=0.0) for _ in range(12)]
+    totals = [p["total"] for p in parts]
+    assert all(np.isfinite(totals))
+    assert np.mean(totals[-3:]) < 0.8 * np.mean(totals[:3]), totals
+    assert parts[-1]["ce"] < parts[0]["ce"]
+    assert set(parts[0]) >= {"total", "ce", "dice", "ldl1", "ldl2", "ldl3"}
+
+
+def _resume_config(**overrides) -> TrainConfig:
+    return tiny_config(**{"phantoms": PHANTOMS_32, "epochs": 2, "iters_per_epoch": 2, "max_val_cases": 1, **overrides})
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    summary = Trainer(_resume_config(), straight, Reporter("none")).run()
+    assert summary["epochs"] == 2 and not summary["stopped"]
+
+    first = Trainer(_resume_config(epochs=1), resumed, Reporter("none")).run()
+    assert first["epochs"] == 1
+    assert load_checkpoint(resumed / "last.pt").training_state["epoch"] == 1
+    second = Trainer(_resume_config(epochs=2), resumed, Reporter("none")).run(resume=True)
+    assert second["epochs"] == 2
+
+    a, b = _metrics(straight), _metrics(resumed)
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [1, 2]
+    assert a == b  # every loss and Dice of both epochs, exactly
+    assert a[1]["loss_total"] != a[0]["loss_total"]
+    assert [r["epoch"] for r in second["history"]] == [1, 2]
+
+    last_a, last_b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    assert last_a.state_dict.keys() == last_b.state_dict.keys()
+    for key, value in last_a.state_dict.items():
+        assert torch.equal(value, last_b.state_dict[key]), key
+    assert last_a.training_state["sampler_rng"] == last_b.training_state["sampler_rng"]
+    assert last_a.provenance["epoch"] == last_b.provenance["epoch"] == 2
+    for name in ("best.pt", "last.pt", "metrics.jsonl", "config.json"):
+        assert (resumed / name).is_file()
+    assert not list(resumed.glob("*.tmp"))
+
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(_resume_config(), straight, Reporter("none")).run()
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        Trainer(_resume_config(), tmp_path / "empty", Reporter("none")).run(resume=True)
+    assert _metrics(straight) == a  # the refused runs changed nothing
+
+
+def test_stop_request_then_resume_rewrites_the_log_from_the_resume_point(tmp_path: Path) -> None:
+    config = tiny_config(phantoms=PHANTOMS_32, epochs=2, iters_per_epoch=1, max_val_cases=0)
+    summary = Trainer(config, tmp_path, Reporter("none"), stop_requested=lambda: True).run()
+    assert summary["stopped"] and summary["epochs"] == 1
+    assert summary["best_dice_mean"] is None  # no validation cases
+    assert [r["epoch"] for r in _metrics(tmp_path)] == [1]
+    assert "dice_mean" not in _metrics(tmp_path)[0]
+    assert load_checkpoint(tmp_path / "last.pt").training_state["epoch"] == 1
+    assert load_checkpoint(tmp_path / "best.pt").training_state is None
+
+    with (tmp_path / "metrics.jsonl").open("a") as handle:  # a record written after last.pt by a killed run
+        handle.write(json.dumps({"epoch": 2, "loss_total": -1.0}) + "\n")
+    summary = Trainer(config, tmp_path, Reporter("none")).run(resume=True)
+    assert not summary["stopped"] and summary["epochs"] == 2
+    records = _metrics(tmp_path)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[1]["loss_total"] > 0
+
+
+def test_config_validation(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown config keys \\['learning_rate'\\]"):
+        tiny_config(learning_rate=0.1)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        tiny_config(patch_size=[32, 32, 40])
+    with pytest.raises(ValueError, match="exactly one"):
+        tiny_config(data=str(tmp_path))
+    with pytest.raises(ValueError, match="exactly one"):
+        tiny_config(phantoms=None)
+    with pytest.raises(ValueError, match="epochs"):
+        tiny_config(epochs=0)
+    with pytest.raises(ValueError, match="fg_oversample"):
+        tiny_config(fg_oversample=1.5)
+    with pytest.raises(ValueError, match="unknown model keys \\['depth'\\]"):
+        tiny_config(model={"base_width": 4, "depth": 9})
+    with pytest.raises(ValueError, match="invalid config value"):
+        tiny_config(epochs="two")
+    with pytest.raises(ValueError, match="curriculum"):
+        tiny_config(curriculum="backwards")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**tiny_config().to_dict(), "epochs": 5}))
+    assert TrainConfig.from_file(path, epochs=7).epochs == 7
+    assert TrainConfig.from_file(path).to_dict() == tiny_config(epochs=5).to_dict()
+    yaml_path = tmp_path / "config.yaml"
+    yaml_path.write_text("task: brats\nphantoms: {train_seeds: [0, 1]}\nepochs: 3\n")
+    assert TrainConfig.from_file(yaml_path).epochs == 3
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="mapping"):
+        TrainConfig.from_file(path)
+
+
+def test_patch_sampler_is_seeded_and_shaped() -> None:
+    case = _phantom_case(1, (40, 40, 40))
+    samplers = [PatchSampler([case], (32, 32, 32), fg_rate=0.5, flip_prob=0.5, seed=s) for s in (4, 4, 5)]
+    batches = [s.sample(3) for s in samplers]
+    x, y = batches[0]
+    assert x.shape == (3, 4, 32, 32, 32) and x.dtype == torch.float32
+    assert y.shape == (3, 32, 32, 32) and y.dtype == torch.int64
+    assert torch.equal(x, batches[1][0]) and torch.equal(y, batches[1][1])
+    assert not torch.equal(x, batches[2][0])
+    foreground = PatchSampler([case], (32, 32, 32), fg_rate=1.0, flip_prob=0.0, seed=0)
+    assert all(foreground.sample(1)[1].any() for _ in range(5))
+
+
+def test_random_state_json_round_trip() -> None:
+    random.seed(11)
+    state = random.getstate()
+    expected = [random.random() for _ in range(3)]
+    random.seed(99)
+    random.setstate(json_to_random_state(random_state_to_json(state)))
+    assert [random.random() for _ in range(3)] == expected
+
+
+def test_config_refuses_a_one_voxel_bottleneck() -> None:
+    """A 16^3 patch would leave one voxel at the bottleneck (InstanceNorm fails on the first step): refused early."""
+    with pytest.raises(ValueError, match="bottleneck"):
+        tiny_config(patch_size=[16, 16, 16])
+    assert tiny_config(patch_size=[16, 16, 32]).patch_size == [16, 16, 32]
