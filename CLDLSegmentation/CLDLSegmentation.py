@@ -1,0 +1,425 @@
+"""CLDLSegmentation: segment volumes with a CLDL model and show the per-voxel uncertainty over the input.
+
+Thin Slicer module: the widget reads the GUI and calls :class:`CLDLSegmentationLib.SegmentationLogic`, which does
+the work (export, ``cldl segment`` subprocess, import, display) without Qt.
+"""
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from CLDLSegmentationLib import (
+    DEFAULT_MODEL,
+    DeviceChoice,
+    OverlaySettings,
+    SegmentationLogic,
+    UncertaintyMapChoice,
+    markUncertainRegion,
+    registryModels,
+)
+from CLDLSegmentationLib.dependencies import ensureDependencies, ensureTorch, torchInstalled
+from CLDLSegmentationLib.models import checkpointModel, describeTorch, torchInfo
+from CLDLSegmentationLib.overlay import OVERLAY_ATTRIBUTE, setOverlayOpacity, showMap, sliceCompositeNodes
+from CLDLSegmentationLib.segmentations import segmentNames
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+HOMEPAGE = "https://github.com/SlicerCLDL/SlicerCLDL"
+CHECKPOINTS_SETTING = "CLDL/Checkpoints"
+INPUT_ROLE = "CLDLInput_"
+
+
+class CLDLSegmentation(ScriptedLoadableModule):
+    """Module description."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("CLDL Segmentation")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["CLDL for 3D Slicer contributors"]
+        self.parent.helpText = _(
+            "Segment 3D images with a Curriculum Label Distribution Learning (CLDL) model and show where the model "
+            "is uncertain (normalised entropy or 1 - max probability of the predicted label distribution) as a "
+            "colour overlay. The bundled demo model segments BraTS-like brain tumour MRI (FLAIR, T1, T1ce, T2); "
+            "it was trained on synthetic phantoms and is <b>not for clinical use</b>. "
+            f'See the <a href="{HOMEPAGE}#3d-slicer">documentation</a>.'
+        )
+        self.parent.acknowledgementText = _(
+            "CLDL: X. Li et al., Curriculum label distribution learning for imbalanced medical image segmentation, "
+            "Medical Image Analysis 89 (2023). The runtime follows SlicerMONAIAuto3DSeg and SlicerNNUNet."
+        )
+
+
+@parameterNodeWrapper
+class CLDLSegmentationParameterNode:
+    """Settings of the module (saved with the scene); the input volumes are node references (one per modality)."""
+
+    model: str = DEFAULT_MODEL
+    outputSegmentation: vtkMRMLSegmentationNode
+    device: DeviceChoice = DeviceChoice.AUTO
+    tta: bool = False
+    overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.5
+    uncertaintyMap: UncertaintyMapChoice = UncertaintyMapChoice.ENTROPY
+    keepProbabilities: bool = False
+    overlayVolume: vtkMRMLScalarVolumeNode
+    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
+    transparentBelow: Annotated[float, WithinRange(0.0, 0.95)] = 0.05
+    showLegend: bool = True
+    uncertainThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+
+
+class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The GUI: reads widgets, calls the logic, shows progress."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._models = []
+        self._inputSelectors = {}
+        self._shownOverlay = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CLDLSegmentation.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = CLDLSegmentationLogic()
+        self.ui.overlayVolumeSelector.addAttribute("vtkMRMLScalarVolumeNode", OVERLAY_ATTRIBUTE, "1")
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.loadModelButton.connect("clicked(bool)", self.onLoadModel)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.markUncertainButton.connect("clicked(bool)", self.onMarkUncertain)
+
+        self.initializeParameterNode()
+        self._fillModels()
+        qt.QTimer.singleShot(0, self._updateDeviceInfo)
+
+    def cleanup(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._selectModel(self._parameterNode.model)
+            for modality, selector in self._inputSelectors.items():
+                reference = self._parameterNode.parameterNode.GetNodeReference(INPUT_ROLE + modality)
+                selector.setCurrentNode(reference or selector.currentNode())
+            self._onParameterNodeModified()
+
+    # -- models and inputs -----------------------------------------------------------------------------------------
+
+    def _fillModels(self) -> None:
+        """Registry models, then checkpoints the user loaded before (remembered in the settings)."""
+        self._models = []
+        try:
+            self._models = registryModels()
+        except Exception as exc:  # the engine is missing or broken: say so, keep the GUI usable
+            self._log(_("Cannot list the registered models: {error}").format(error=exc))
+        for path in slicer.util.settingsValue(CHECKPOINTS_SETTING, [], converter=slicer.util.toList):
+            if Path(path).is_file() and torchInstalled():
+                try:
+                    self._models.append(checkpointModel(path))
+                except Exception as exc:
+                    self._log(_("Skipping checkpoint {path}: {error}").format(path=path, error=exc))
+        self.ui.modelComboBox.blockSignals(True)
+        self.ui.modelComboBox.clear()
+        for info in self._models:
+            self.ui.modelComboBox.addItem(info.title, info.key)
+        self.ui.modelComboBox.blockSignals(False)
+        self._selectModel(self._parameterNode.model if self._parameterNode else DEFAULT_MODEL)
+
+    def _selectModel(self, key: str) -> None:
+        index = self.ui.modelComboBox.findData(key)
+        self.ui.modelComboBox.currentIndex = max(index, 0)
+        self.onModelChanged(self.ui.modelComboBox.currentIndex)
+
+    def _currentModel(self):
+        index = self.ui.modelComboBox.currentIndex
+        return self._models[index] if 0 <= index < len(self._models) else None
+
+    def onModelChanged(self, index: int) -> None:
+        info = self._currentModel()
+        if info is None:
+            self.ui.modelInfoLabel.text = _("No model: reinstall the CLDL extension or load a checkpoint.")
+            return
+        if self._parameterNode and self._parameterNode.model != info.key:
+            self._parameterNode.model = info.key
+        names = ", ".join(segmentNames(info.task)[1:])
+        self.ui.modelInfoLabel.text = f"{info.description}\n" + _("Segments: {names}").format(names=names)
+        self._buildInputSelectors(info.modalities)
+
+    def _buildInputSelectors(self, modalities) -> None:
+        """One volume selector per modality the model expects, stored as parameter node references."""
+        if tuple(self._inputSelectors) == tuple(modalities):
+            return
+        layout = self.ui.inputVolumesWidget.layout()
+        for selector in self._inputSelectors.values():
+            layout.removeRow(selector)
+        self._inputSelectors = {}
+        volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+        for modality in modalities:
+            selector = slicer.qMRMLNodeComboBox()
+            selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+            selector.addEnabled = selector.removeEnabled = False
+            selector.noneEnabled = True
+            selector.setMRMLScene(slicer.mrmlScene)
+            selector.toolTip = _("Input volume for {modality}").format(modality=modality)
+            reference = (
+                self._parameterNode.parameterNode.GetNodeReference(INPUT_ROLE + modality)
+                if self._parameterNode
+                else None
+            )
+            guess = next((v for v in volumes if modality.lower() in re.split(r"[^a-z0-9]+", v.GetName().lower())), None)
+            selector.setCurrentNode(reference or guess)
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node, m=modality: self._setInput(m, node))
+            layout.addRow(f"{modality}:", selector)
+            self._inputSelectors[modality] = selector
+            self._setInput(modality, selector.currentNode())
+
+    def _setInput(self, modality: str, node) -> None:
+        if self._parameterNode:
+            self._parameterNode.parameterNode.SetNodeReferenceID(INPUT_ROLE + modality, node.GetID() if node else None)
+        self._checkCanApply()
+
+    def onLoadModel(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), _("Load a CLDL checkpoint"), "", _("CLDL checkpoint (*.pt)")
+        )
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Cannot use this checkpoint."), waitCursor=True):
+            ensureTorch()
+            info = checkpointModel(path)
+            paths = slicer.util.settingsValue(CHECKPOINTS_SETTING, [], converter=slicer.util.toList)
+            qt.QSettings().setValue(CHECKPOINTS_SETTING, [p for p in paths if p != info.key] + [info.key])
+            self._parameterNode.model = info.key
+            self._fillModels()
+
+    def _updateDeviceInfo(self) -> None:
+        if not torchInstalled():
+            self.ui.deviceInfoLabel.text = describeTorch({"installed": False})
+            return
+        try:
+            self.ui.deviceInfoLabel.text = describeTorch(torchInfo())
+        except Exception as exc:  # a broken torch install: show it rather than fail
+            self.ui.deviceInfoLabel.text = _("PyTorch cannot be imported: {error}").format(error=exc)
+
+    # -- running ---------------------------------------------------------------------------------------------------
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        self._checkCanApply()
+        self._updateOverlay()
+
+    def _checkCanApply(self) -> None:
+        running = self._job is not None and self._job.status == "running"
+        ready = bool(self._inputSelectors) and all(s.currentNode() for s in self._inputSelectors.values())
+        self.ui.applyButton.enabled = running or (ready and self._currentModel() is not None)
+        self.ui.applyButton.text = _("Cancel") if running else _("Apply")
+        self.ui.markUncertainButton.enabled = bool(
+            self._parameterNode and self._parameterNode.overlayVolume and self._parameterNode.outputSegmentation
+        )
+
+    def onApplyButton(self) -> None:
+        if self._job is not None and self._job.status == "running":
+            self._job.cancel()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+            ensureDependencies(self.resourcePath("requirements.txt"), requester="CLDL")
+            self._updateDeviceInfo()
+            p = self._parameterNode
+            self.logic.overlaySettings = OverlaySettings(p.overlayOpacity, p.transparentBelow, p.showLegend)
+            self.ui.logTextEdit.clear()
+            self._job = self.logic.segment(
+                {m: s.currentNode() for m, s in self._inputSelectors.items()},
+                model=self._currentModel(),
+                device=p.device.value,
+                tta=p.tta,
+                overlap=p.overlap,
+                uncertaintyMap=p.uncertaintyMap.value,
+                keepProbabilities=p.keepProbabilities,
+                outputSegmentation=p.outputSegmentation,
+                onProgress=self._onProgress,
+                onLog=self._log,
+                onFinished=self._onFinished,
+            )
+            self._checkCanApply()
+
+    def _onProgress(self, fraction: float, text: str) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.statusLabel.text = text
+
+    def _log(self, message: str) -> None:
+        self.ui.logTextEdit.appendPlainText(message)
+
+    def _onFinished(self, job) -> None:
+        self._checkCanApply()
+        if job.status == "completed":
+            parameters = self._parameterNode or self.logic.getParameterNode()  # the user may have left the module
+            parameters.outputSegmentation = job.result.segmentationNode
+            self._shownOverlay = None
+            parameters.overlayVolume = job.result.uncertaintyNode
+        elif job.status == "failed":
+            self.ui.logCollapsibleButton.collapsed = False
+            slicer.util.errorDisplay(
+                _("Segmentation failed: {error}").format(error=job.error), detailedText=job.process.stderr
+            )
+
+    # -- overlay ---------------------------------------------------------------------------------------------------
+
+    def _updateOverlay(self) -> None:
+        p = self._parameterNode
+        if not p or not p.overlayVolume:
+            if p and self._shownOverlay is not None:  # "None" selected: take the map out of the views
+                for composite in sliceCompositeNodes(slicer.mrmlScene):
+                    composite.SetForegroundVolumeID(None)
+                self._shownOverlay = None
+            return
+        state = (p.overlayVolume.GetID(), p.transparentBelow, p.showLegend)
+        if state != self._shownOverlay:
+            background = slicer.mrmlScene.GetNodeByID(p.overlayVolume.GetAttribute("CLDL.Input") or "")
+            showMap(
+                p.overlayVolume,
+                background,
+                OverlaySettings(p.overlayOpacity, p.transparentBelow, p.showLegend),
+                title=p.overlayVolume.GetAttribute("CLDL.Title"),
+            )
+            self._shownOverlay = state
+        setOverlayOpacity(p.overlayOpacity, slicer.mrmlScene)
+
+    def onMarkUncertain(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Cannot mark the uncertain region."), waitCursor=True):
+            markUncertainRegion(p.outputSegmentation, p.overlayVolume, p.uncertainThreshold)
+
+
+class CLDLSegmentationLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
+    """:class:`CLDLSegmentationLib.SegmentationLogic` on Slicer's scene, advanced by a Qt timer.
+
+    Can be used without the GUI, from the Python console or a script::
+
+        logic = CLDLSegmentationLogic()
+        result = logic.segment([flair, t1, t1ce, t2], model="brats-phantom-demo", wait=True)
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        SegmentationLogic.__init__(self, scene=None, singleShot=qt.QTimer.singleShot)
+
+    def getParameterNode(self):
+        return CLDLSegmentationParameterNode(super().getParameterNode())
+
+
+class CLDLSegmentationTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer on the CPU: the demo model on a fresh synthetic BraTS-like phantom."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_segment_phantom_blocking()
+        self.setUp()
+        self.test_cancel_kills_the_run()
+
+    def _phantom(self):
+        """Four volumes of a phantom the demo model never saw, loaded as a user would."""
+        from cldl.data.phantoms import brats_phantom, write_case
+
+        if not torchInstalled():
+            self.skipTest("PyTorch is not installed (install it with the PyTorch Utils module)")
+        case = brats_phantom(90_001, shape=(96, 96, 96))  # the demo model's training size
+        folder = Path(slicer.util.tempDirectory("CLDLTest"))
+        files = write_case(case, folder)
+        return [slicer.util.loadVolume(str(files[m])) for m in case.modalities], case
+
+    def test_segment_phantom_blocking(self):
+        import numpy as np
+
+        self.delayDisplay("Segmenting a phantom with the demo model (CPU)")
+        volumes, case = self._phantom()
+        result = CLDLSegmentationLogic().segment(
+            volumes, model=DEFAULT_MODEL, device="cpu", keepProbabilities=True, wait=True
+        )
+        segmentation = result.segmentationNode.GetSegmentation()
+        self.assertTrue({"ED", "ET"} <= set(result.segmentIds) <= {"NCR", "ED", "ET"})
+        self.assertEqual(segmentation.GetNumberOfSegments(), len(result.segmentIds))
+        uncertainty = slicer.util.arrayFromVolume(result.uncertaintyNode)
+        self.assertEqual(uncertainty.shape, case.labels.shape)
+        self.assertTrue(0.0 <= uncertainty.min() and uncertainty.max() <= 1.0)
+        self.assertEqual(set(result.probabilityNodes), {"NCR", "ED", "ET"})
+        labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        slicer.modules.segmentations.logic().ExportAllSegmentsToLabelmapNode(result.segmentationNode, labelmap)
+        predicted = slicer.util.arrayFromVolume(labelmap) > 0
+        reference = case.labels > 0
+        dice = 2 * np.count_nonzero(predicted & reference) / (np.count_nonzero(predicted) + np.count_nonzero(reference))
+        self.delayDisplay(f"Whole-tumour Dice {dice:.3f}")
+        self.assertGreater(dice, 0.7)
+        display = result.uncertaintyNode.GetDisplayNode()
+        self.assertEqual((display.GetWindowLevelMin(), display.GetWindowLevelMax()), (0.0, 1.0))
+        self.assertTrue(display.GetApplyThreshold())
+        before = segmentation.GetNumberOfSegments()
+        markUncertainRegion(result.segmentationNode, result.uncertaintyNode, 0.3)
+        self.assertEqual(segmentation.GetNumberOfSegments(), before + 1)
+        self.delayDisplay("Test passed")
+
+    def test_cancel_kills_the_run(self):
+        self.delayDisplay("Cancelling a running segmentation")
+        volumes, _case = self._phantom()
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        job = CLDLSegmentationLogic().segment(volumes, device="cpu", tta=True)
+        deadline = time.monotonic() + 120
+        while job.poll() and job.progress < 0.1 and time.monotonic() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        job.cancel()
+        self.assertEqual(job.status, "cancelled")
+        self.assertIsNotNone(job.process.returncode)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        logging.info("cancelled run left no nodes behind")
+        self.delayDisplay("Test passed")

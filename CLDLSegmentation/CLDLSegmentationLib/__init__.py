@@ -1,0 +1,44 @@
+"""MRML glue of the CLDLSegmentation module: no widgets, no Qt (tested with the ``slicer-core`` wheel).
+
+- :mod:`.process`: run ``cldl`` out of process, parse its JSON-lines events, cancel the whole process tree
+- :mod:`.volumes`: volume nodes <-> files with exact geometry
+- :mod:`.segmentations`: label map -> segmentation with the task's names, colours and terminology
+- :mod:`.overlay`: uncertainty / probability overlay (colour map, 0..1, transparency, opacity, legend)
+- :mod:`.models`: registry models and checkpoint files, torch and device information
+- :mod:`.dependencies`: first-use installation of torch (PyTorch extension) and the rest (pip, after asking)
+- :mod:`.logic`: :class:`SegmentationLogic`, the whole run, blocking or not
+"""
+
+from .logic import (
+    DEFAULT_MODEL,
+    DeviceChoice,
+    SegmentationJob,
+    SegmentationLogic,
+    SegmentationOptions,
+    SegmentationResult,
+    UncertaintyMapChoice,
+)
+from .models import ModelInfo, describeModel, registryModels
+from .overlay import OverlaySettings, showMap
+from .process import CancelledError, JsonLinesProcess, ProcessError
+from .segmentations import labelmapToSegmentation, markUncertainRegion
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "CancelledError",
+    "DeviceChoice",
+    "JsonLinesProcess",
+    "ModelInfo",
+    "OverlaySettings",
+    "ProcessError",
+    "SegmentationJob",
+    "SegmentationLogic",
+    "SegmentationOptions",
+    "SegmentationResult",
+    "UncertaintyMapChoice",
+    "describeModel",
+    "labelmapToSegmentation",
+    "markUncertainRegion",
+    "registryModels",
+    "showMap",
+]

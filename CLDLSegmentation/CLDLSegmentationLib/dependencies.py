@@ -1,0 +1,120 @@
+"""Third-party packages the engine needs, installed on first use after asking; never at import time.
+
+torch comes from the PyTorch extension (``PyTorchUtils``, which picks the CUDA or CPU build for the machine);
+the small pure-Python rest (``Resources/requirements.txt``) through ``slicer.packaging.pip_ensure`` (Slicer
+>= 5.12) or ``slicer.util.pip_install`` (older Slicer). Slicer's own numpy, SimpleITK and VTK are never touched.
+The checks are plain Python; the installers need the Slicer application and are only called from the widgets.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+TORCH_REQUIREMENT = ">=2.1"
+#: Packages Slicer ships (or the PyTorch extension manages): never installed or upgraded by CLDL.
+SKIPPED_PACKAGES = ("torch", "numpy", "SimpleITK", "vtk")
+
+
+class DependencyError(RuntimeError):
+    """A dependency that is missing and was not (or could not be) installed, with what to do about it."""
+
+
+def loadRequirements(path: str | Path) -> list[str]:
+    """Requirement lines of a requirements file (comments and blank lines dropped)."""
+    lines = []
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            lines.append(line)
+    return lines
+
+
+def requirementName(requirement: str) -> str:
+    """The distribution name of a requirement line (``nibabel>=5.0`` -> ``nibabel``)."""
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    if not match:
+        raise ValueError(f"not a requirement: {requirement!r}")
+    return match.group(1)
+
+
+def _satisfied(requirement: str) -> bool:
+    """Whether an installed distribution satisfies the requirement (name only if ``packaging`` is missing)."""
+    name = requirementName(requirement)
+    try:
+        version = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # pragma: no cover - packaging ships with Slicer and pip
+        return True
+    return Requirement(requirement).specifier.contains(version, prereleases=True)
+
+
+def missingRequirements(requirements: Sequence[str]) -> list[str]:
+    """The requirements that are not satisfied, skipping packages Slicer manages itself."""
+    skipped = {s.lower() for s in SKIPPED_PACKAGES}
+    return [r for r in requirements if requirementName(r).lower() not in skipped and not _satisfied(r)]
+
+
+def torchInstalled() -> bool:
+    """Whether torch can be imported (without importing it)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def ensureTorch() -> None:  # pragma: no cover - needs the Slicer application and the PyTorch extension
+    """Install torch through the PyTorch extension after asking, or raise :class:`DependencyError`."""
+    if torchInstalled():
+        return
+    try:
+        import PyTorchUtils
+    except ModuleNotFoundError:
+        raise DependencyError(
+            "CLDL needs PyTorch, which it installs through the 'PyTorch' extension. Install the PyTorch extension "
+            "from the Extensions Manager (View > Extensions Manager, search 'PyTorch'), restart Slicer and press "
+            "Apply again."
+        ) from None
+    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+    if not torchLogic.torchInstalled():
+        torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
+        if torch is None:
+            raise DependencyError(
+                "PyTorch is required to run CLDL models. Install it from the 'PyTorch Utils' module (choose the CUDA "
+                "version of your GPU, or CPU) and press Apply again."
+            )
+
+
+def ensurePackages(
+    requirementsPath: str | Path, confirm: Callable[[str], bool] | None = None, requester: str = "CLDL"
+) -> None:  # pragma: no cover - needs the Slicer application
+    """Install missing pure-Python requirements after asking (``pip_ensure`` on Slicer >= 5.12)."""
+    import slicer
+
+    requirements = loadRequirements(requirementsPath)
+    missing = missingRequirements(requirements)
+    if not missing:
+        return
+    try:
+        import slicer.packaging as packaging
+
+        packaging.pip_ensure(missing, requester=requester)
+    except (ImportError, AttributeError):
+        confirm = confirm or (lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle=requester))
+        if not confirm(f"{requester} needs these Python packages, which will now be installed: {', '.join(missing)}"):
+            raise DependencyError(f"{requester} cannot run without {', '.join(missing)}") from None
+        slicer.util.pip_install(missing)
+    still = missingRequirements(requirements)
+    if still:
+        raise DependencyError(f"installing {', '.join(still)} failed; see the Python console for pip's output")
+
+
+def ensureDependencies(
+    requirementsPath: str | Path, requester: str = "CLDL"
+) -> None:  # pragma: no cover - needs the Slicer application
+    """Torch (PyTorch extension) first, then the rest."""
+    ensureTorch()
+    ensurePackages(requirementsPath, requester=requester)

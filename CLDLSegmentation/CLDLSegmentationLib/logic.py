@@ -1,0 +1,414 @@
+"""Segmenting volume nodes with a CLDL model: export, ``cldl segment`` subprocess, import, display.
+
+Works with any MRML scene (the Slicer application's, or a plain ``vtkMRMLScene`` in tests) and without Qt:
+non-blocking runs are advanced by :meth:`SegmentationJob.poll`, which the module calls from a Qt timer (or
+pass ``singleShot=qt.QTimer.singleShot`` to :class:`SegmentationLogic`); ``wait=True`` blocks instead.
+
+>>> logic = SegmentationLogic()
+>>> result = logic.segment([flair, t1, t1ce, t2], model="brats-phantom-demo", wait=True)
+>>> result.segmentationNode, result.uncertaintyNode
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.util
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import slicer
+
+from .models import ModelInfo, describeModel
+from .overlay import MAP_ATTRIBUTE, OVERLAY_ATTRIBUTE, OverlaySettings, showMap
+from .process import (
+    EXIT_EVENT,
+    CancelledError,
+    JsonLinesProcess,
+    ProcessError,
+    engineCommand,
+    engineEnvironment,
+    schedulePolling,
+)
+from .segmentations import classKeys, labelmapToSegmentation, showOutlines
+from .volumes import checkInputs, exportVolume, importProbabilities, importVolume
+
+DEFAULT_MODEL = "brats-phantom-demo"
+
+
+class DeviceChoice(enum.Enum):
+    """Where the model runs."""
+
+    AUTO = "auto"
+    CUDA = "cuda"
+    CPU = "cpu"
+
+    def label(self) -> str:
+        """Text shown in the device combo box."""
+        return {"auto": "Auto (GPU if available)", "cuda": "GPU (CUDA)", "cpu": "CPU"}[self.value]
+
+
+class UncertaintyMapChoice(enum.Enum):
+    """Which uncertainty map the engine writes."""
+
+    ENTROPY = "entropy"
+    MAX_PROB = "max_prob"
+
+    def label(self) -> str:
+        """Text shown in the combo box."""
+        return {"entropy": "Normalised entropy", "max_prob": "1 - max probability"}[self.value]
+
+
+@dataclass(frozen=True)
+class SegmentationOptions:
+    """Engine options of one run (see ``cldl segment --help``)."""
+
+    device: str = "auto"
+    tta: bool = False
+    overlap: float = 0.5
+    uncertaintyMap: str = "entropy"
+    keepProbabilities: bool = False
+
+    def __post_init__(self) -> None:
+        if self.device not in {d.value for d in DeviceChoice}:
+            raise ValueError(f"device must be one of {[d.value for d in DeviceChoice]}, got {self.device!r}")
+        if self.uncertaintyMap not in {m.value for m in UncertaintyMapChoice}:
+            raise ValueError(f"uncertaintyMap must be 'entropy' or 'max_prob', got {self.uncertaintyMap!r}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+
+    def arguments(self) -> list[str]:
+        """Command-line arguments for these options."""
+        args = ["--device", self.device, "--overlap", f"{self.overlap:g}", "--uncertainty-map", self.uncertaintyMap]
+        return args + (["--tta"] if self.tta else [])
+
+
+@dataclass
+class SegmentationResult:
+    """What a run added to the scene."""
+
+    segmentationNode: Any
+    segmentIds: dict[str, str]  # class key (abbreviation) -> segment id
+    uncertaintyNode: Any
+    probabilityNodes: dict[str, Any] = field(default_factory=dict)  # class key -> volume node
+    summary: dict[str, Any] = field(default_factory=dict)  # the engine's result event
+    model: ModelInfo | None = None
+
+
+def mapFileSuffix() -> str:
+    """NIfTI (uint8, a quarter of float32) when nibabel is there for the engine to write it, else float NRRD."""
+    return ".nii" if importlib.util.find_spec("nibabel") is not None else ".nrrd"
+
+
+class SegmentationJob:
+    """One running segmentation: progress, log, cancel, and the result once imported.
+
+    ``status`` goes ``running`` -> ``completed`` | ``failed`` | ``cancelled``; :meth:`poll` advances it (and
+    imports the results into the scene when the engine is done) and returns whether the job is still running.
+    """
+
+    def __init__(
+        self,
+        logic: SegmentationLogic,
+        process: JsonLinesProcess,
+        inputs: list,
+        model: ModelInfo,
+        options: SegmentationOptions,
+        workDir: Path,
+        outputs: dict[str, Path],
+        outputSegmentation=None,
+        show: bool = True,
+        keepFiles: bool = False,
+        onProgress: Callable[[float, str], None] | None = None,
+        onLog: Callable[[str], None] | None = None,
+        onFinished: Callable[[SegmentationJob], None] | None = None,
+    ) -> None:
+        self.logic = logic
+        self.process = process
+        self.inputs = inputs
+        self.model = model
+        self.options = options
+        self.workDir = workDir
+        self.outputs = outputs
+        self.outputSegmentation = outputSegmentation
+        self.show = show
+        self.keepFiles = keepFiles
+        self.onProgress = onProgress
+        self.onLog = onLog
+        self.onFinished = onFinished
+        self.status = "running"
+        self.progress = 0.0
+        self.stage = "starting"
+        self.result: SegmentationResult | None = None
+        self.error: Exception | None = None
+        self.started = time.monotonic()
+
+    # -- driving ---------------------------------------------------------------------------------------------------
+
+    def poll(self) -> bool:
+        """Handle new engine events; import the results when it has finished. True while still running."""
+        if self.status != "running":
+            return False
+        for event in self.process.poll():
+            self._handle(event)
+        return self.status == "running"
+
+    def wait(self, timeout: float | None = None, interval: float = 0.05) -> SegmentationResult:
+        """Block until done; the result, or the error raised."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                raise TimeoutError(f"segmentation did not finish within {timeout} s (cancelled)")
+            time.sleep(interval)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def cancel(self) -> None:
+        """Kill the engine and all its processes; the job ends as ``cancelled``."""
+        if self.status == "running":
+            self.process.cancel()
+            deadline = time.monotonic() + 10.0  # the process is gone; its output pipes close at once
+            while self.poll() and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+    # -- events ----------------------------------------------------------------------------------------------------
+
+    def _report(self, fraction: float, text: str) -> None:
+        self.progress, self.stage = fraction, text
+        if self.onProgress is not None:
+            self.onProgress(fraction, text)
+
+    def _log(self, message: str) -> None:
+        logging.info("CLDL: %s", message)
+        if self.onLog is not None:
+            self.onLog(message)
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "progress":
+            total = max(int(event.get("total") or 1), 1)
+            done = int(event.get("done") or 0)
+            self._report(0.05 + 0.85 * done / total, f"{event.get('stage', 'working')} {done}/{total}")
+        elif kind in ("log", "error"):
+            self._log(("error: " if kind == "error" else "") + str(event.get("message", "")))
+        elif kind == "result":
+            self._log(
+                f"segmented in {event.get('seconds')} s on {event.get('device')}; volumes (ml): "
+                + ", ".join(f"{k} {v:.1f}" for k, v in (event.get("volumes_ml") or {}).items())
+            )
+        elif kind == EXIT_EVENT:
+            self._finish()
+
+    def _finish(self) -> None:
+        try:
+            self.process.raiseForStatus()
+            self._report(0.95, "importing results")
+            self.result = self.logic.importResults(
+                self.inputs,
+                self.model,
+                self.outputs,
+                self.options,
+                outputSegmentation=self.outputSegmentation,
+                summary=self.process.result() or {},
+                show=self.show,
+            )
+            self.status = "completed"
+            self._report(1.0, f"done in {time.monotonic() - self.started:.1f} s")
+        except CancelledError as exc:
+            self.status, self.error = "cancelled", exc
+            self._report(0.0, "cancelled")
+        except (ProcessError, OSError, ValueError, RuntimeError) as exc:
+            self.status, self.error = "failed", exc
+            self._log(f"error: {exc}")
+            self._report(0.0, "failed")
+        finally:
+            if not self.keepFiles:
+                shutil.rmtree(self.workDir, ignore_errors=True)
+            if self.onFinished is not None:
+                self.onFinished(self)
+
+
+class SegmentationLogic:
+    """Segment volume nodes with a CLDL model in a subprocess and import the results into a scene.
+
+    ``scene``: the MRML scene (default ``slicer.mrmlScene``); ``python``: the interpreter that runs the engine
+    (default :func:`~CLDLSegmentationLib.process.pythonExecutable`); ``singleShot``: a ``(ms, callback)`` timer
+    (``qt.QTimer.singleShot``) that makes non-blocking jobs advance by themselves.
+    """
+
+    def __init__(
+        self,
+        scene=None,
+        python: str | None = None,
+        singleShot: Callable[[int, Callable[[], None]], None] | None = None,
+        tempRoot: str | Path | None = None,
+    ) -> None:
+        self._scene = scene
+        self.python = python
+        self.singleShot = singleShot
+        self.tempRoot = tempRoot
+        self.overlaySettings = OverlaySettings()
+
+    @property
+    def scene(self):
+        """The scene results go to."""
+        return self._scene if self._scene is not None else slicer.mrmlScene
+
+    def segment(
+        self,
+        inputs: Sequence | Mapping[str, Any],
+        model: str | ModelInfo = DEFAULT_MODEL,
+        options: SegmentationOptions | None = None,
+        outputSegmentation=None,
+        wait: bool = False,
+        show: bool = True,
+        keepFiles: bool = False,
+        onProgress: Callable[[float, str], None] | None = None,
+        onLog: Callable[[str], None] | None = None,
+        onFinished: Callable[[SegmentationJob], None] | None = None,
+        **optionValues: Any,
+    ) -> SegmentationJob | SegmentationResult:
+        """Segment ``inputs`` (one volume node per modality, in the model's order, or ``{modality: node}``).
+
+        Options come as ``options=SegmentationOptions(...)`` or keywords (``device="cpu", tta=True,
+        overlap=0.5, uncertaintyMap="entropy", keepProbabilities=True``). ``wait=True`` blocks and returns the
+        :class:`SegmentationResult` (raising on failure); otherwise a running :class:`SegmentationJob`.
+        """
+        options = options or SegmentationOptions(**optionValues)
+        info = model if isinstance(model, ModelInfo) else describeModel(str(model))
+        if isinstance(inputs, Mapping):
+            missing = [m for m in info.modalities if m not in inputs]
+            if missing:
+                raise ValueError(f"no input volume for {', '.join(missing)} (the model expects {info.modalities})")
+            nodes = [inputs[m] for m in info.modalities]
+        else:
+            nodes = list(inputs)
+        checkInputs(nodes, info.modalities)
+
+        workDir = Path(tempfile.mkdtemp(prefix="CLDL-", dir=self.tempRoot))
+        try:
+            images = [
+                exportVolume(node, workDir / f"input_{i}_{modality}.nii")
+                for i, (node, modality) in enumerate(zip(nodes, info.modalities))
+            ]
+            suffix = mapFileSuffix()
+            outputs = {"labelmap": workDir / "labelmap.nii", "uncertainty": workDir / f"uncertainty{suffix}"}
+            if options.keepProbabilities:
+                outputs["probabilities"] = workDir / f"probabilities{suffix}"
+            arguments = ["segment", "--model", info.key, "-i", *images, "-o", outputs["labelmap"]]
+            arguments += ["--uncertainty", outputs["uncertainty"]]
+            if "probabilities" in outputs:
+                arguments += ["--probabilities", outputs["probabilities"]]
+            arguments += options.arguments() + ["--progress", "jsonl"]
+            process = JsonLinesProcess(engineCommand(arguments, self.python), env=engineEnvironment(), cwd=workDir)
+            job = SegmentationJob(
+                self,
+                process,
+                nodes,
+                info,
+                options,
+                workDir,
+                outputs,
+                outputSegmentation=outputSegmentation,
+                show=show,
+                keepFiles=keepFiles,
+                onProgress=onProgress,
+                onLog=onLog,
+                onFinished=onFinished,
+            )
+            job._log(f"running {' '.join(str(a) for a in process.command[:5])} ... on {len(images)} input(s)")
+            process.start()
+        except BaseException:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
+        if wait:
+            return job.wait()
+        if self.singleShot is not None:
+            schedulePolling(job.poll, self.singleShot)
+        return job
+
+    def importResults(
+        self,
+        inputs: list,
+        model: ModelInfo,
+        outputs: Mapping[str, Path],
+        options: SegmentationOptions = SegmentationOptions(),
+        outputSegmentation=None,
+        summary: dict[str, Any] | None = None,
+        show: bool = True,
+    ) -> SegmentationResult:
+        """Load the engine's files: label map -> segmentation, uncertainty and probabilities -> volumes."""
+        scene = self.scene
+        reference = inputs[0]
+        base = reference.GetName()
+        task = model.task
+        labelmap = importVolume(outputs["labelmap"], scene, f"{base} CLDL labels", labelmap=True)
+        try:
+            segmentationNode, segmentIds = labelmapToSegmentation(
+                labelmap, task, outputSegmentation, reference, scene, name=f"{base} CLDL segmentation"
+            )
+        finally:
+            scene.RemoveNode(labelmap)
+        mapTitle = {"entropy": "entropy", "max_prob": "1 - max p"}[options.uncertaintyMap]
+        uncertainty = importVolume(outputs["uncertainty"], scene, f"{base} CLDL uncertainty ({options.uncertaintyMap})")
+        uncertainty.SetAttribute(MAP_ATTRIBUTE, "uncertainty")
+        uncertainty.SetAttribute("CLDL.Title", f"Uncertainty ({mapTitle})")
+        uncertainty.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
+        probabilityNodes: dict[str, Any] = {}
+        if outputs.get("probabilities") is not None:
+            keys = classKeys(task)
+            nodes = importProbabilities(
+                outputs["probabilities"], uncertainty, scene, [f"{base} CLDL P({k})" for k in keys]
+            )
+            for key, node in zip(keys[1:], nodes):
+                node.SetAttribute(MAP_ATTRIBUTE, "probability")
+                node.SetAttribute("CLDL.Class", key)
+                node.SetAttribute("CLDL.Title", f"P({key})")
+                probabilityNodes[key] = node
+        for node in [segmentationNode, uncertainty, *probabilityNodes.values()]:
+            node.SetAttribute("CLDL.Model", model.key)
+            node.SetAttribute("CLDL.Input", reference.GetID())
+        for node in [uncertainty, *probabilityNodes.values()]:
+            node.SetAttribute(OVERLAY_ATTRIBUTE, "1")
+        self._placeInHierarchy(reference, [segmentationNode, uncertainty, *probabilityNodes.values()])
+        showOutlines(segmentationNode)
+        if show:
+            showMap(uncertainty, reference, self.overlaySettings, title=uncertainty.GetAttribute("CLDL.Title"))
+        return SegmentationResult(segmentationNode, segmentIds, uncertainty, probabilityNodes, summary or {}, model)
+
+    @staticmethod
+    def _placeInHierarchy(reference, nodes: list) -> None:
+        """Put the results next to the input in the subject hierarchy (same study), when there is one."""
+        scene = reference.GetScene()
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+        if shNode is None:
+            return
+        item = shNode.GetItemByDataNode(reference)
+        if not item:
+            return
+        parent = shNode.GetItemParent(item)
+        if not parent or parent == shNode.GetSceneItemID():
+            return
+        for node in nodes:
+            item = shNode.GetItemByDataNode(node)
+            if item:
+                shNode.SetItemParent(item, parent)
+
+    def mapVolumes(self, inputVolume=None) -> list:
+        """The uncertainty and probability volumes in the scene (those made from ``inputVolume`` if given)."""
+        scene = self.scene
+        nodes = []
+        for n in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+            node = scene.GetNthNodeByClass(n, "vtkMRMLScalarVolumeNode")
+            if node.GetAttribute(MAP_ATTRIBUTE) and (
+                inputVolume is None or node.GetAttribute("CLDL.Input") == inputVolume.GetID()
+            ):
+                nodes.append(node)
+        return nodes

@@ -1,0 +1,355 @@
+"""CLDLTraining: train (or fine-tune, resume) a CLDL model on a dataset folder, with live loss and Dice charts.
+
+Thin Slicer module over :class:`CLDLTrainingLib.TrainingLogic`, which runs ``cldl train`` (``torchrun`` for
+several GPUs) in a subprocess; the same logic works from the Python console and from ``PythonSlicer``.
+"""
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from CLDLSegmentationLib import DeviceChoice
+from CLDLSegmentationLib.dependencies import ensureDependencies
+from CLDLSegmentationLib.process import JsonLinesProcess, engineEnvironment
+from CLDLTrainingLib import TrainingLogic
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+HOMEPAGE = "https://github.com/SlicerCLDL/SlicerCLDL"
+TASKS = ["brats", "mmwhs_ct", "mmwhs_mr", "binary", "custom"]  # custom: dataset.json in the dataset folder
+CHARTS = ["Training losses", "Validation Dice"]
+
+
+class CLDLTraining(ScriptedLoadableModule):
+    """Module description."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("CLDL Training")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["CLDLSegmentation"]  # ships the engine and the subprocess runner
+        self.parent.contributors = ["CLDL for 3D Slicer contributors"]
+        self.parent.helpText = _(
+            "Train a Curriculum Label Distribution Learning (CLDL) model on a folder of cases (BraTS, MM-WHS or "
+            "nnU-Net layout) in a background process, watch the losses and the validation Dice per epoch, stop "
+            "and resume. Training needs a GPU for real data; the result (best.pt) can be loaded in CLDL "
+            f'Segmentation. See the <a href="{HOMEPAGE}#3d-slicer">documentation</a> (also for headless training).'
+        )
+        self.parent.acknowledgementText = _(
+            "CLDL: X. Li et al., Curriculum label distribution learning for imbalanced medical image segmentation, "
+            "Medical Image Analysis 89 (2023)."
+        )
+
+
+@parameterNodeWrapper
+class CLDLTrainingParameterNode:
+    """Settings of a training run (saved with the scene)."""
+
+    dataDir: Path = Path()
+    task: Annotated[str, Choice(TASKS)] = "brats"
+    configFile: Path = Path()
+    outDir: Path = Path()
+    epochs: Annotated[int, WithinRange(1, 10000)] = 250
+    itersPerEpoch: Annotated[int, WithinRange(1, 100000)] = 250
+    patchSize: Annotated[int, WithinRange(16, 256)] = 128
+    learningRate: Annotated[float, WithinRange(1e-6, 1.0)] = 1e-4
+    curriculum: Annotated[str, Choice(["joint", "pacing"])] = "joint"
+    gpus: Annotated[int, WithinRange(1, 16)] = 1
+    device: DeviceChoice = DeviceChoice.AUTO
+
+
+def _isSet(path: Path) -> bool:
+    return str(path) not in ("", ".")
+
+
+class CLDLTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The GUI: run settings, Start / Stop / Resume, progress, charts."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._handle = None
+        self._checkProcess = None
+        self._summarized = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CLDLTraining.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = CLDLTrainingLogic()
+        import ctk
+
+        self.ui.dataDirPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.outDirPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.configPathLineEdit.filters = ctk.ctkPathLineEdit.Files
+        self.ui.configPathLineEdit.nameFilters = ["Training config (*.json *.yaml *.yml)"]
+        self.ui.chartComboBox.addItems([_(c) for c in CHARTS])
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.startButton.connect("clicked(bool)", self.onStart)
+        self.ui.stopButton.connect("clicked(bool)", self.onStop)
+        self.ui.resumeButton.connect("clicked(bool)", self.onResume)
+        self.ui.checkDatasetButton.connect("clicked(bool)", self.onCheckDataset)
+        self.ui.chartComboBox.connect("currentIndexChanged(int)", self._showChart)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+            self._updateGui()
+
+    # -- state -----------------------------------------------------------------------------------------------------
+
+    def _running(self) -> bool:
+        return self._handle is not None and self._handle.running
+
+    def _task(self) -> str:
+        p = self._parameterNode
+        return str(p.dataDir / "dataset.json") if p.task == "custom" else p.task
+
+    def _updateGui(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        running = self._running()
+        hasRun = _isSet(p.outDir) and (p.outDir / "last.pt").is_file()
+        self.ui.startButton.enabled = not running and _isSet(p.dataDir) and _isSet(p.outDir) and not hasRun
+        self.ui.resumeButton.enabled = not running and hasRun
+        self.ui.stopButton.enabled = running
+        self.ui.startButton.toolTip = (
+            _("The run folder already holds a run: resume it or choose another folder")
+            if hasRun
+            else _("Start a new run in the run folder")
+        )
+        if _isSet(p.dataDir) and (p.dataDir, p.task) != self._summarized:
+            self._summarized = (p.dataDir, p.task)
+            try:
+                self.ui.datasetInfoLabel.text = self.logic.datasetSummary(p.dataDir, self._task())
+            except Exception as exc:  # a wrong folder or task: tell the user, do not raise in an observer
+                self.ui.datasetInfoLabel.text = str(exc)
+
+    def _log(self, message: str) -> None:
+        self.ui.logTextEdit.appendPlainText(message)
+
+    def _onProgress(self, fraction: float, text: str) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.statusLabel.text = text
+
+    def _onMetrics(self, record) -> None:
+        self._showChart()
+
+    def _onFinished(self, handle) -> None:
+        self._updateGui()
+        self.ui.stopButton.text = _("Stop")
+        if handle.status == "failed":
+            self.ui.logCollapsibleButton.collapsed = False
+            slicer.util.errorDisplay(
+                _("Training failed: {error}").format(error=handle.error), detailedText=handle.process.stderr
+            )
+        elif handle.bestCheckpoint.is_file():
+            self._log(_("Best checkpoint: {path} (load it in CLDL Segmentation)").format(path=handle.bestCheckpoint))
+
+    def _showChart(self, index=None) -> None:
+        if self._handle is None or self._handle.curves is None:
+            return
+        chart = self._handle.curves.charts[max(self.ui.chartComboBox.currentIndex, 0)]
+        slicer.modules.plots.logic().ShowChartInLayout(chart)
+
+    # -- actions ---------------------------------------------------------------------------------------------------
+
+    def _startRun(self, resume: bool) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to start training."), waitCursor=True):
+            ensureDependencies(self.resourcePath("requirements.txt"), requester="CLDL")
+            self.ui.logTextEdit.clear()
+            common = dict(
+                gpus=p.gpus,
+                epochs=p.epochs,
+                device=None if p.gpus > 1 else p.device.value,
+                onProgress=self._onProgress,
+                onLog=self._log,
+                onMetrics=self._onMetrics,
+                onFinished=self._onFinished,
+            )
+            if resume:
+                self._handle = self.logic.train(None, None, p.outDir, resume=True, **common)
+            else:
+                self._handle = self.logic.train(
+                    p.dataDir,
+                    self._task(),
+                    p.outDir,
+                    config=p.configFile if _isSet(p.configFile) else None,
+                    itersPerEpoch=p.itersPerEpoch,
+                    patchSize=p.patchSize,
+                    learningRate=p.learningRate,
+                    curriculum=p.curriculum,
+                    **common,
+                )
+            self._showChart()
+        self._updateGui()
+
+    def onStart(self) -> None:
+        self._startRun(resume=False)
+
+    def onResume(self) -> None:
+        self._startRun(resume=True)
+
+    def onStop(self) -> None:
+        if not self._running():
+            return
+        self._handle.stop(force=self._handle.stopRequested)
+        self.ui.stopButton.text = _("Kill")
+
+    def onCheckDataset(self) -> None:
+        p = self._parameterNode
+        if not _isSet(p.dataDir):
+            return
+        command = self.logic.datasetCheckCommand(p.dataDir, self._task())
+        if command is None:
+            self.ui.datasetInfoLabel.text = self.logic.datasetSummary(p.dataDir, self._task())
+            self._log(_("This cldl version has no 'datasets check' command; only file names were checked."))
+            return
+        self.ui.logCollapsibleButton.collapsed = False
+        self._checkProcess = JsonLinesProcess(command, env=engineEnvironment()).start()
+
+        def poll():
+            for event in self._checkProcess.poll():
+                if event.get("event") in ("log", "error"):
+                    self._log(str(event.get("message")))
+            if self._checkProcess.running:
+                qt.QTimer.singleShot(200, poll)
+
+        poll()
+
+
+class CLDLTrainingLogic(ScriptedLoadableModuleLogic, TrainingLogic):
+    """:class:`CLDLTrainingLib.TrainingLogic` on Slicer's scene; running handles advance with a Qt timer.
+
+    From the Python console::
+
+        logic = slicer.util.getModuleLogic("CLDLTraining")
+        handle = logic.train("/data/BraTS2018/Training", "brats", "/runs/brats", epochs=100)
+        handle.progress, handle.metrics[-1:], handle.stop()
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        TrainingLogic.__init__(self, scene=None, singleShot=qt.QTimer.singleShot)
+
+    def getParameterNode(self):
+        return CLDLTrainingParameterNode(super().getParameterNode())
+
+
+TINY_PHANTOM_CONFIG = {
+    "task": "brats",
+    "phantoms": {"train_seeds": [0, 2], "val_seeds": [10000, 10001], "shape": [48, 48, 48]},
+    "model": {"base_width": 4},
+    "patch_size": [32, 32, 32],
+    "batch_size": 1,
+    "iters_per_epoch": 2,
+    "lr": 0.001,
+    "device": "cpu",
+    "seed": 7,
+}
+
+
+class CLDLTrainingTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer on the CPU: a tiny run on synthetic phantoms, resume, stop, then segment with it."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_train_resume_and_segment()
+        self.setUp()
+        self.test_stop()
+
+    def _runFolder(self, name: str) -> Path:
+        from CLDLSegmentationLib.dependencies import torchInstalled
+
+        if not torchInstalled():
+            self.skipTest("PyTorch is not installed (install it with the PyTorch Utils module)")
+        return Path(slicer.util.tempDirectory("CLDLTrainingTest")) / name
+
+    def test_train_resume_and_segment(self):
+        self.delayDisplay("Training 2 epochs on synthetic phantoms (CPU)")
+        out = self._runFolder("tiny")
+        logic = CLDLTrainingLogic()
+        handle = logic.train(None, "brats", out, config=TINY_PHANTOM_CONFIG, epochs=2, wait=True)
+        self.assertEqual(handle.status, "completed")
+        self.assertEqual([m["epoch"] for m in handle.metrics], [1, 2])
+        self.assertTrue(handle.bestCheckpoint.is_file())
+        self.assertEqual(handle.curves.losses.rows, 2)
+        self.assertGreaterEqual(handle.curves.validation.rows, 1)
+
+        self.delayDisplay("Resuming to 3 epochs")
+        resumed = logic.train(None, None, out, resume=True, epochs=3, wait=True)
+        self.assertEqual([m["epoch"] for m in resumed.metrics], [3])
+        self.assertEqual(resumed.curves.losses.rows, 3)
+
+        self.delayDisplay("Segmenting a phantom with the new checkpoint")
+        from cldl.data.phantoms import brats_phantom, write_case
+        from CLDLSegmentation import CLDLSegmentationLogic
+
+        case = brats_phantom(90_002, shape=(48, 48, 48))
+        files = write_case(case, out.parent / "case")
+        volumes = [slicer.util.loadVolume(str(files[m])) for m in case.modalities]
+        result = CLDLSegmentationLogic().segment(volumes, model=str(handle.bestCheckpoint), device="cpu", wait=True)
+        self.assertIsNotNone(result.uncertaintyNode)
+        self.delayDisplay("Test passed")
+
+    def test_stop(self):
+        self.delayDisplay("Stopping a run")
+        out = self._runFolder("stopped")
+        handle = CLDLTrainingLogic().train(None, "brats", out, config=TINY_PHANTOM_CONFIG, epochs=500)
+        deadline = time.monotonic() + 300
+        while handle.poll() and not handle.metrics and time.monotonic() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.1)
+        handle.stop()
+        handle.wait(timeout=60)
+        self.assertEqual(handle.status, "stopped")
+        self.assertTrue((out / "last.pt").is_file())
+        self.delayDisplay("Test passed")

@@ -1,0 +1,411 @@
+"""Companion training: ``cldl train`` (or ``torchrun ... -m cldl train`` for several GPUs) in a subprocess.
+
+The same JSON-lines events as segmentation drive a :class:`TrainingHandle` (progress, per-epoch metrics, stop);
+with a scene, the metrics also feed live plot charts (:class:`~CLDLTrainingLib.charts.TrainingCurves`).
+Qt-free: the module passes ``qt.QTimer.singleShot`` so that handles advance by themselves in Slicer; in a
+plain Python (``PythonSlicer``) call ``handle.wait()`` or ``handle.poll()``.
+
+>>> handle = TrainingLogic().train("/data/BraTS2018/Training", "brats", "/runs/brats", epochs=50)
+>>> handle.progress, handle.metrics[-1]["dice_mean"]
+>>> handle.stop()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from CLDLSegmentationLib.process import (
+    EXIT_EVENT,
+    JsonLinesProcess,
+    ProcessError,
+    engineEnvironment,
+    engineRoot,
+    pythonExecutable,
+    schedulePolling,
+)
+
+from .charts import TrainingCurves
+
+CURRICULUM_MODES = ("joint", "pacing")
+
+
+def loadConfigFile(path: str | Path) -> dict[str, Any]:
+    """A JSON or YAML training config as a dict (YAML needs pyyaml)."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping of keys to values")
+    return data
+
+
+def buildConfig(
+    dataDir: str | Path | None,
+    task: str | None,
+    config: str | Path | Mapping[str, Any] | None = None,
+    epochs: int | None = None,
+    itersPerEpoch: int | None = None,
+    patchSize: int | tuple[int, int, int] | list[int] | None = None,
+    learningRate: float | None = None,
+    curriculum: str | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """A ``cldl train`` config: the base ``config`` (file or dict; engine defaults if None) with the overrides.
+
+    ``dataDir`` replaces any synthetic-phantom setting of the base config; without it the base must define
+    ``phantoms``. Values are checked again by the engine (``TrainConfig``), which names any bad key.
+    """
+    values: dict[str, Any] = {}
+    if isinstance(config, Mapping):
+        values.update(config)
+    elif config is not None:
+        values.update(loadConfigFile(config))
+    if task:
+        values["task"] = str(task)
+    if dataDir:
+        values["data"] = str(Path(dataDir).resolve())
+        values["phantoms"] = None
+    elif not values.get("data") and not values.get("phantoms"):
+        raise ValueError("choose a dataset folder (or a config that trains on synthetic phantoms)")
+    if epochs is not None:
+        values["epochs"] = int(epochs)
+    if itersPerEpoch is not None:
+        values["iters_per_epoch"] = int(itersPerEpoch)
+    if patchSize is not None:
+        size = [int(patchSize)] * 3 if isinstance(patchSize, int) else [int(p) for p in patchSize]
+        if len(size) != 3 or any(p <= 0 or p % 16 for p in size):
+            raise ValueError(f"the patch size must be three positive multiples of 16, got {size}")
+        values["patch_size"] = size
+    if learningRate is not None:
+        if learningRate <= 0:
+            raise ValueError(f"the learning rate must be positive, got {learningRate}")
+        values["lr"] = float(learningRate)
+    if curriculum is not None:
+        if curriculum not in CURRICULUM_MODES:
+            raise ValueError(f"curriculum must be one of {CURRICULUM_MODES}, got {curriculum!r}")
+        values["curriculum"] = curriculum
+    if device is not None:
+        values["device"] = device
+    if seed is not None:
+        values["seed"] = int(seed)
+    return values
+
+
+def engineSupportsDistributed() -> bool:
+    """Whether the shipped engine can train with torch.distributed (checked in its source, without torch)."""
+    root = engineRoot() / "cldl"
+    return any("init_process_group" in path.read_text(errors="ignore") for path in root.rglob("*.py"))
+
+
+def trainCommand(
+    configPath: str | Path | None,
+    outDir: str | Path,
+    gpus: int = 1,
+    resume: bool = False,
+    epochs: int | None = None,
+    device: str | None = None,
+    python: str | None = None,
+) -> list[str]:
+    """The argument list of a run: ``python -m cldl train ...`` or, for ``gpus > 1``, ``torchrun`` with N ranks."""
+    python = python or pythonExecutable()
+    if gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    launcher = [python, "-m"]
+    if gpus > 1:
+        launcher += ["torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m"]
+    args = launcher + ["cldl", "train", "--out", str(outDir)]
+    if resume:
+        args.append("--resume")
+    elif configPath is None:
+        raise ValueError("a new run needs a config file")
+    else:
+        args += ["--config", str(configPath)]
+    if resume and epochs is not None:
+        args += ["--epochs", str(int(epochs))]
+    if resume and device is not None:
+        args += ["--device", device]
+    return args + ["--progress", "jsonl"]
+
+
+class TrainingHandle:
+    """A running (or finished) training run.
+
+    ``progress`` (0..1), ``epoch``, ``totalEpochs``, ``metrics`` (one dict per finished epoch), ``status``
+    (``running``, ``completed``, ``stopped``, ``failed``), ``result`` (the engine's summary), ``error``;
+    :meth:`poll` handles new events, :meth:`wait` blocks, :meth:`stop` ends the run.
+    """
+
+    def __init__(
+        self,
+        process: JsonLinesProcess,
+        outDir: Path,
+        totalEpochs: int | None,
+        curves: TrainingCurves | None = None,
+        onProgress: Callable[[float, str], None] | None = None,
+        onLog: Callable[[str], None] | None = None,
+        onMetrics: Callable[[dict[str, Any]], None] | None = None,
+        onFinished: Callable[[TrainingHandle], None] | None = None,
+    ) -> None:
+        self.process = process
+        self.outDir = outDir
+        self.totalEpochs = totalEpochs
+        self.curves = curves
+        self.onProgress = onProgress
+        self.onLog = onLog
+        self.onMetrics = onMetrics
+        self.onFinished = onFinished
+        self.status = "running"
+        self.progress = 0.0
+        self.stage = "starting"
+        self.epoch = 0
+        self.metrics: list[dict[str, Any]] = []
+        self.result: dict[str, Any] | None = None
+        self.error: Exception | None = None
+        self.stopRequested = False
+        self.started = time.monotonic()
+
+    @property
+    def running(self) -> bool:
+        """Whether the run has not ended yet."""
+        return self.status == "running"
+
+    @property
+    def bestCheckpoint(self) -> Path:
+        """``best.pt`` of the run (exists once the first epoch with validation, or the run, has finished)."""
+        return self.outDir / "best.pt"
+
+    def poll(self) -> bool:
+        """Handle new events (and update the charts); True while running."""
+        if self.status != "running":
+            return False
+        for event in self.process.poll():
+            self._handle(event)
+        return self.status == "running"
+
+    def wait(self, timeout: float | None = None, interval: float = 0.2) -> TrainingHandle:
+        """Block until the run ends; raises its error if it failed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"training still running after {timeout} s (see handle.stop())")
+            time.sleep(interval)
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def stop(self, force: bool = False) -> None:
+        """End the run: a stop request (SIGTERM; the last finished epoch stays in ``last.pt`` for resuming),
+        or, with ``force`` (or a second call), kill the whole process tree."""
+        if self.status != "running":
+            return
+        if force or self.stopRequested:
+            self.process.cancel()
+        else:
+            self.process.requestStop()
+        self.stopRequested = True
+        self._log("stop requested" + (" (killing the process tree)" if force else ""))
+
+    def _report(self, fraction: float, text: str) -> None:
+        self.progress, self.stage = fraction, text
+        if self.onProgress is not None:
+            self.onProgress(fraction, text)
+
+    def _log(self, message: str) -> None:
+        logging.info("CLDL training: %s", message)
+        if self.onLog is not None:
+            self.onLog(message)
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "progress":
+            stage = str(event.get("stage", ""))
+            done, total = int(event.get("done") or 0), max(int(event.get("total") or 1), 1)
+            if stage == "train":
+                self.epoch = int(event.get("epoch") or self.epoch or 1)
+                fraction = self.progress
+                if self.totalEpochs:
+                    fraction = min(1.0, (self.epoch - 1 + done / total) / self.totalEpochs)
+                loss = event.get("loss")
+                lossText = f", loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
+                of = f"/{self.totalEpochs}" if self.totalEpochs else ""
+                self._report(fraction, f"epoch {self.epoch}{of}, iteration {done}/{total}{lossText}")
+            else:
+                self._report(self.progress, f"{stage} {done}/{total}")
+        elif kind == "metrics":
+            record = {k: v for k, v in event.items() if k not in ("event", "stage")}
+            self.metrics.append(record)
+            if self.curves is not None:
+                self.curves.addRecord(record)
+            if self.onMetrics is not None:
+                self.onMetrics(record)
+            dice = record.get("dice_mean")
+            self._log(
+                f"epoch {record.get('epoch')}: loss {record.get('loss_total', float('nan')):.4f}"
+                + (f", validation mean Dice {dice:.4f}" if isinstance(dice, (int, float)) else "")
+            )
+        elif kind in ("log", "error"):
+            self._log(("error: " if kind == "error" else "") + str(event.get("message", "")))
+        elif kind == "result":
+            self.result = {k: v for k, v in event.items() if k != "event"}
+        elif kind == EXIT_EVENT:
+            self._finish()
+
+    def _finish(self) -> None:
+        code = self.process.returncode
+        if code == 0:
+            self.status = "stopped" if (self.result or {}).get("stopped") else "completed"
+            self._report(1.0 if self.status == "completed" else self.progress, f"{self.status}: {self.outDir}")
+        elif self.stopRequested:
+            self.status = "stopped"
+            self._report(self.progress, f"stopped after epoch {len(self.metrics)}; resume to continue")
+        else:
+            self.status = "failed"
+            self.error = ProcessError(
+                f"{self.process.errorMessage()} (exit status {code})", returncode=code, stderr=self.process.stderr
+            )
+            self._log(f"error: {self.error}")
+            self._report(self.progress, "failed")
+        if self.onFinished is not None:
+            self.onFinished(self)
+
+
+class TrainingLogic:
+    """Start CLDL training runs from Slicer (GUI or console) or from ``PythonSlicer``.
+
+    ``scene``: where the training charts go (default ``slicer.mrmlScene`` when it exists; None for no charts);
+    ``singleShot``: a ``(ms, callback)`` timer (``qt.QTimer.singleShot``) that polls running handles.
+    """
+
+    def __init__(
+        self,
+        scene=None,
+        python: str | None = None,
+        singleShot: Callable[[int, Callable[[], None]], None] | None = None,
+        charts: bool = True,
+    ) -> None:
+        self._scene = scene
+        self.python = python
+        self.singleShot = singleShot
+        self.charts = charts
+
+    @property
+    def scene(self):
+        """The scene of the charts, or None."""
+        if self._scene is not None:
+            return self._scene
+        try:
+            import slicer
+
+            return getattr(slicer, "mrmlScene", None)
+        except ImportError:  # pragma: no cover - plain Python without slicer
+            return None
+
+    def train(
+        self,
+        dataDir: str | Path | None,
+        task: str | None,
+        outDir: str | Path,
+        config: str | Path | Mapping[str, Any] | None = None,
+        gpus: int = 1,
+        wait: bool = False,
+        resume: bool = False,
+        epochs: int | None = None,
+        itersPerEpoch: int | None = None,
+        patchSize: int | tuple[int, int, int] | list[int] | None = None,
+        learningRate: float | None = None,
+        curriculum: str | None = None,
+        device: str | None = None,
+        seed: int | None = None,
+        name: str | None = None,
+        onProgress: Callable[[float, str], None] | None = None,
+        onLog: Callable[[str], None] | None = None,
+        onMetrics: Callable[[dict[str, Any]], None] | None = None,
+        onFinished: Callable[[TrainingHandle], None] | None = None,
+    ) -> TrainingHandle:
+        """Start (or, with ``resume=True``, continue) a run in ``outDir``; returns its :class:`TrainingHandle`.
+
+        ``task``: ``brats``, ``mmwhs_ct``, ``mmwhs_mr``, ``binary`` or a ``dataset.json``. ``config``: a base
+        JSON/YAML config or dict (engine defaults: the authors' recipe) that the other arguments override.
+        ``gpus > 1`` launches ``torchrun`` with one rank per GPU. ``wait=True`` blocks until the run ends.
+        """
+        outDir = Path(outDir).resolve()
+        if gpus > 1 and not engineSupportsDistributed():
+            raise ValueError(
+                "this version of the cldl engine trains on one device only; multi-GPU training (torchrun) needs "
+                "an engine with torch.distributed support"
+            )
+        if resume:
+            saved = outDir / "config.json"
+            if not saved.is_file():
+                raise ValueError(f"{outDir} holds no run to resume (no config.json)")
+            totalEpochs = int(epochs or json.loads(saved.read_text()).get("epochs") or 0) or None
+            command = trainCommand(None, outDir, gpus, True, epochs, device, self.python)
+        else:
+            if (outDir / "last.pt").exists():
+                raise ValueError(f"{outDir} already holds a run: resume it or choose another output folder")
+            values = buildConfig(
+                dataDir, task, config, epochs, itersPerEpoch, patchSize, learningRate, curriculum, device, seed
+            )
+            if gpus > 1:
+                values["device"] = "cuda"
+            outDir.mkdir(parents=True, exist_ok=True)
+            configPath = outDir / "requested_config.json"
+            configPath.write_text(json.dumps(values, indent=2))
+            totalEpochs = int(values["epochs"]) if "epochs" in values else None
+            command = trainCommand(configPath, outDir, gpus, False, python=self.python)
+        curves = None
+        scene = self.scene if self.charts else None
+        if scene is not None:
+            curves = TrainingCurves(scene, name or f"CLDL {outDir.name}")
+            if resume:
+                curves.loadLog(outDir / "metrics.jsonl")
+        process = JsonLinesProcess(command, env=engineEnvironment(), cwd=outDir)
+        handle = TrainingHandle(process, outDir, totalEpochs, curves, onProgress, onLog, onMetrics, onFinished)
+        handle._log("running " + " ".join(command[1:]))
+        process.start()
+        if wait:
+            return handle.wait()
+        if self.singleShot is not None:
+            schedulePolling(handle.poll, self.singleShot, ms=500)
+        return handle
+
+    @staticmethod
+    def datasetSummary(dataDir: str | Path, task: str) -> str:
+        """A quick look at a dataset folder (file names only): layout, number of cases, labelled cases."""
+        from cldl.data.datasets import discover_cases
+        from cldl.tasks import get_task
+
+        cases = discover_cases(dataDir, get_task(task))
+        labelled = sum(1 for c in cases if c.label is not None)
+        return f"{len(cases)} cases found ({labelled} with a label map); first: {cases[0].case_id}"
+
+    def datasetCheckCommand(self, dataDir: str | Path, task: str) -> list[str] | None:
+        """``cldl datasets check DIR [--task T]`` when the engine has that command (it reads every file)."""
+        import argparse
+
+        from cldl.cli import build_parser
+
+        def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    return dict(action.choices)
+            return {}
+
+        check = subcommands(subcommands(build_parser()).get("datasets") or argparse.ArgumentParser()).get("check")
+        if check is None:
+            return None
+        command = [self.python or pythonExecutable(), "-m", "cldl", "datasets", "check", str(dataDir)]
+        if any("--task" in action.option_strings for action in check._actions):
+            command += ["--task", task]
+        return command
