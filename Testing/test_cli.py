@@ -131,7 +131,7 @@ def _bad_image(case: dict[str, Path], tmp_path: Path, name: str, kind: str) -> l
     elif kind == "zero":
         array[:] = 0
     elif kind == "shifted":
-        geometry = Geometry(geometry.size, geometry.spacing, (3.0, 0.0, 0.0), geometry.direction)
+        geometry = Geometry(geometry.size, geometry.spacing, (900.0, 0.0, 0.0), geometry.direction)  # disjoint
     elif kind == "text":
         target = tmp_path / "notes.txt"
         target.write_text("not an image\n")
@@ -144,7 +144,7 @@ ERROR_CASES = {
     "three_images": "expects 4 images",
     "nan_voxels": "NaN",
     "all_zero": "all-zero",
-    "different_grids": "same grid",
+    "different_grids": "does not overlap",  # overlapping grids are resampled with a warning (issue 3)
     "not_an_image": "not a readable image",
     "other_task": "not 'mmwhs_ct'",
     "unwritable_output": "cannot create the folder" if os.geteuid() == 0 else "not writable",

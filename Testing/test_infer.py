@@ -17,7 +17,7 @@ from cldl.infer import (
     sliding_window_probabilities,
     window_starts,
 )
-from cldl.io import Geometry, read_image, write_image
+from cldl.io import Geometry, GeometryWarning, read_image, write_image
 from cldl.model import ModelConfig, UNetLDL
 from cldl.tasks import BRATS
 
@@ -243,18 +243,26 @@ def test_predict_files_refuses_a_wrong_modality_count(checkpoint: Checkpoint, ph
         predictor.predict_files([phantom_files[m] for m in ("flair", "t1", "t1ce")])
 
 
-def test_predict_files_refuses_images_on_different_grids(
+def test_predict_files_resamples_overlapping_grids_and_refuses_disjoint_ones(
     checkpoint: Checkpoint, phantom_files: dict[str, Path], tmp_path: Path
 ) -> None:
+    """A modality on another grid is resampled onto the first with a warning (issue 3); no overlap is refused."""
     t2, geometry = read_image(phantom_files["t2"])
     moved = Geometry(geometry.size, geometry.spacing, (5.0, 0.0, 0.0), geometry.direction)
     shifted = write_image(t2, moved, tmp_path / "t2_shifted.nii.gz")
     resampled = write_image(t2[:, :, :40], Geometry.identity((48, 48, 40)), tmp_path / "t2_small.nii.gz")
+    far = write_image(
+        t2, Geometry(geometry.size, geometry.spacing, (900.0, 0.0, 0.0), geometry.direction), tmp_path / "t2_far.nii.gz"
+    )
     predictor = Predictor(checkpoint, device="cpu")
     for odd in (shifted, resampled):
         paths = [phantom_files["flair"], phantom_files["t1"], phantom_files["t1ce"], odd]
-        with pytest.raises(InputError, match="not on the same grid"):
-            predictor.predict_files(paths)
+        with pytest.warns(GeometryWarning, match="not on the grid of flair"):
+            _, out_geometry = predictor.predict_files(paths)
+        assert out_geometry.matches(geometry)
+    paths = [phantom_files["flair"], phantom_files["t1"], phantom_files["t1ce"], far]
+    with pytest.raises(InputError, match="does not overlap"):
+        predictor.predict_files(paths)
 
 
 def test_predictor_refuses_non_finite_and_empty_images(checkpoint: Checkpoint) -> None:

@@ -10,7 +10,8 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         type=Path,
         metavar="LABELMAP",
-        help="label map to write (.nii.gz, .nii, .nrrd, .seg.nrrd is not supported here)",
+        help="label map to write (.nii.gz, .nii, .nrrd, .mha, or .seg.nrrd with segment names and colours)",
     )
     seg.add_argument("--uncertainty", type=Path, metavar="FILE", help="also write the uncertainty map (0..1)")
     seg.add_argument(
@@ -85,8 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--probabilities", type=Path, metavar="FILE", help="also write per-class probabilities (4D)")
     seg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     seg.add_argument("--tta", action="store_true", help="average over the 8 mirror flips (8x slower)")
-    seg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
+    seg.add_argument(  # the default is cldl.infer.DEFAULT_OVERLAP (not imported here: it would load torch)
+        "--overlap", type=float, default=0.25, help="sliding-window overlap in [0, 1) (default 0.25)"
+    )
     seg.add_argument("--window-batch", type=int, default=2, help="windows per forward pass (default 2)")
+    seg.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        help="activation memory for batched windows (default: 3 on CPU, half the free GPU memory)",
+    )
     seg.add_argument("--task", help="refuse the model unless it segments this task (e.g. brats)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_progress(seg)
@@ -100,18 +108,66 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--iters-per-epoch", type=int, help="override iterations per epoch")
     tr.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the device")
     tr.add_argument("--seed", type=int, help="override the seed")
+    tr.add_argument("--compile", action="store_true", default=None, help="torch.compile the network (GPU)")
+    tr.add_argument("--channels-last", action="store_true", default=None, help="channels-last 3D memory format (GPU)")
+    tr.add_argument("--prefetch", type=int, help="batches prepared ahead in a background thread (0: none)")
     _add_progress(tr)
 
     ev = commands.add_parser(
         "evaluate",
         help="compare predictions with references",
-        description="Dice, HD95, ASSD, sensitivity and specificity per region, on two files or "
-        "two folders of label maps (cases matched by file name).",
+        description="Dice, HD95, ASSD, sensitivity and specificity per region (BraTS WT/TC/ET, MM-WHS "
+        "structures), on two files or two folders (cases matched by id; the reference may be a dataset folder "
+        "in any layout `cldl datasets check` recognises). With --out: metrics.csv (per case), summary.json and "
+        "summary.md. With --uncertainty: calibration (ECE, 15 bins; Brier) and the QU-BraTS uncertainty score.",
     )
     ev.add_argument("--pred", required=True, type=Path, help="predicted label map or folder")
-    ev.add_argument("--ref", required=True, type=Path, help="reference label map or folder")
+    ev.add_argument("--ref", required=True, type=Path, help="reference label map, folder or dataset folder")
     ev.add_argument("--task", default="brats", help="brats, mmwhs (mmwhs_ct/mmwhs_mr), binary or a dataset.json")
     ev.add_argument("--json", action="store_true", help="print per-case metrics as JSON on stdout")
+    ev.add_argument("--out", type=Path, metavar="DIR", help="write metrics.csv, summary.json and summary.md here")
+    ev.add_argument(
+        "--uncertainty",
+        nargs="?",
+        const="auto",
+        metavar="PATH",
+        help="also evaluate uncertainty: maps (0..1 or 0..100) as a file or folder, or, without PATH, the "
+        "<case>_uncertainty / <case>_probabilities files next to the predictions",
+    )
+    ev.add_argument(
+        "--probabilities",
+        metavar="PATH",
+        help="per-class probability maps (file or folder; default with --uncertainty: <case>_probabilities next "
+        "to the predictions), for calibration",
+    )
+    ev.add_argument(
+        "--mask",
+        metavar="PATH",
+        help="brain mask for calibration and QU-BraTS (file, folder, or the dataset folder: its first modality's "
+        "non-zero voxels); default: every voxel",
+    )
+    ev.add_argument("--overwrite", action="store_true", help="replace existing report files in --out")
+    _add_progress(ev)
+
+    datasets = commands.add_parser("datasets", help="inspect datasets")
+    datasets_commands = datasets.add_subparsers(dest="datasets_command", required=True, metavar="SUBCOMMAND")
+    check = datasets_commands.add_parser(
+        "check",
+        help="check a dataset folder",
+        description="Detect the layout of a dataset folder (BraTS, MSD, MM-WHS, nnU-Net raw, or a cases.csv/json "
+        "list), read every file and report the case count, modalities, label values and every problem found "
+        "(missing modalities, geometry mismatches, unexpected label values, unreadable files). Exit status 1 "
+        "when there are problems.",
+    )
+    check.add_argument("dir", type=Path, metavar="DIR", help="dataset folder or case list file")
+    check.add_argument("--task", help="task (default: inferred from the layout); brats, mmwhs_ct, ... or dataset.json")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default=None,
+        help="bar (default on a terminal), jsonl (report lines as log events, then a result event) or none",
+    )
 
     models = commands.add_parser("models", help="the model registry")
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
@@ -129,7 +185,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": cmd_train,
         "evaluate": cmd_evaluate,
         "models": cmd_models,
+        "datasets": cmd_datasets,
     }[args.command]
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_args, **_kw: _warn(reporter, message)
+        return _run(handler, args, reporter)
+
+
+def _warn(reporter: Reporter, message: Warning | str) -> None:
+    """A Python warning as one line on stderr (and a ``log`` event with ``--progress jsonl``)."""
+    if reporter.mode == "jsonl":
+        reporter.emit("log", message=f"warning: {message}")
+    print(f"cldl: warning: {message}", file=sys.stderr)
+
+
+def _run(handler: Callable[[argparse.Namespace, Reporter], int], args: argparse.Namespace, reporter: Reporter) -> int:
+    """Run a command; expected failures become one ``cldl: error:`` line and exit status 1."""
     try:
         return handler(args, reporter)
     except KeyboardInterrupt:
@@ -169,7 +240,7 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl segment``."""
     from .checkpoint import check_task
     from .infer import Predictor
-    from .io import write_image, write_unit_interval
+    from .io import write_labels, write_unit_interval
     from .tasks import get_task
     from .zoo import DEFAULT_MODEL, resolve_model
 
@@ -182,6 +253,7 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
         overlap=args.overlap,
         window_batch=args.window_batch,
         tta=args.tta,
+        memory_limit_gb=args.memory_limit_gb,
     )
     if args.task:
         check_task(predictor.checkpoint, get_task(args.task))
@@ -191,7 +263,7 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
         uncertainty=args.uncertainty_map,
         progress=lambda done, total: reporter.progress("inference", done, total),
     )
-    write_image(prediction.labels, geometry, args.output)
+    write_labels(prediction.labels, geometry, args.output, predictor.task)
     if args.uncertainty:
         write_unit_interval(prediction.uncertainty, geometry, args.uncertainty)
     if args.probabilities:
@@ -221,6 +293,7 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
 
 def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl train``."""
+    from .distributed import StopSignals
     from .train import TrainConfig, Trainer
 
     overrides = {
@@ -229,15 +302,21 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
         "iters_per_epoch": args.iters_per_epoch,
         "device": args.device,
         "seed": args.seed,
+        "compile": args.compile,
+        "channels_last": args.channels_last,
+        "prefetch": args.prefetch,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.resume:
         saved = args.out / "config.json"
         if not saved.is_file():
             raise FileNotFoundError(f"{saved} not found: --resume needs a run folder made by `cldl train`")
-        changed = sorted(set(overrides) - {"epochs", "device"})
+        changed = sorted(set(overrides) - {"epochs", "device", "compile", "channels_last", "prefetch"})
         if changed:
-            raise ValueError(f"a resumed run keeps its config; only --epochs and --device may change, not {changed}")
+            raise ValueError(
+                f"a resumed run keeps its config; only --epochs and --device (and the speed options --compile, "
+                f"--channels-last, --prefetch) may change, not {changed}"
+            )
         config = TrainConfig.from_file(saved, **overrides)
     elif args.config is None:
         raise ValueError("--config is required (or --resume with an existing run folder)")
@@ -247,34 +326,115 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
         if "data" in overrides:
             overrides["phantoms"] = None
         config = TrainConfig.from_file(args.config, **overrides)
-    summary = Trainer(config, args.out, reporter).run(resume=args.resume)
-    if reporter.mode != "jsonl":
+    with StopSignals() as stop:  # SIGTERM / SIGUSR1: finish the step, checkpoint, exit 0 (see docs/scaling.md)
+        trainer = Trainer(config, args.out, reporter, stop_requested=stop)
+        summary = trainer.run(resume=args.resume)
+    if reporter.mode != "jsonl" and trainer.dist.is_main:
         best = summary["best_dice_mean"]
         print(
             f"trained {summary['epochs']} epochs; best validation mean Dice "
             f"{'n/a' if best is None else f'{best:.4f}'}; checkpoints in {summary['out_dir']}"
+            + ("; stopped early, continue with --resume" if summary["stopped"] else "")
         )
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl evaluate``."""
-    from .metrics import evaluate_folders_or_files, summarize
+    from .metrics import evaluate_folders_or_files, markdown_table, summarize, write_csv
     from .tasks import get_task
 
     task = get_task(args.task)
-    results = evaluate_folders_or_files(args.pred, args.ref, task)
+    reports = {}
+    if args.out is not None:
+        reports = {name: args.out / name for name in ("metrics.csv", "summary.json", "summary.md")}
+        inputs = [p for p in (args.pred, args.ref, args.uncertainty, args.probabilities, args.mask) if p]
+        _check_report_paths(list(reports.values()), [Path(p) for p in inputs if p != "auto"], args.overwrite)
+    uncertainty = args.uncertainty
+    probabilities = args.probabilities or ("auto" if uncertainty is not None else None)
+    results = evaluate_folders_or_files(
+        args.pred,
+        args.ref,
+        task,
+        probabilities=probabilities,
+        uncertainty=uncertainty,
+        mask=args.mask,
+        progress=lambda done, total: reporter.progress("evaluate", done, total),
+    )
     summary = summarize(results)
+    table = markdown_table(summary, len(results), task.name)
+    if reports:
+        write_csv(results, reports["metrics.csv"])
+        document = {
+            "task": task.name,
+            "pred": str(args.pred),
+            "ref": str(args.ref),
+            "cases": len(results),
+            "summary": summary,
+            "per_case": results,
+            "conventions": {
+                "empty": "both empty: Dice 1, HD95/ASSD 0; one empty: Dice 0, HD95/ASSD = image diagonal (mm)",
+                "ece_bins": 15,
+                "qu_brats_thresholds": 41,
+            },
+        }
+        reports["summary.json"].write_text(json.dumps(_clean_json(document), indent=2, default=_json_float))
+        reports["summary.md"].write_text(table)
+        reporter.emit("result", **{k.replace(".", "_"): str(v) for k, v in reports.items()}, cases=len(results))
     if args.json:
         print(json.dumps({"task": task.name, "cases": results, "summary": summary}, indent=2, default=_json_float))
         return 0
-    print(f"{len(results)} case(s), task {task.name}; mean (std) over cases")
-    metrics = list(next(iter(summary.values())).keys())
-    print(f"{'region':8}" + "".join(f"{m:>20}" for m in metrics))
-    for region, values in summary.items():
-        cells = "".join(f"{values[m]['mean']:>12.4f} ({values[m]['std']:.3f})" for m in metrics)
-        print(f"{region:8}{cells}")
+    if reporter.mode != "jsonl":
+        print(table, end="")
+        if reports:
+            print(f"wrote {', '.join(str(p) for p in reports.values())}")
     return 0
+
+
+def _check_report_paths(outputs: list[Path], inputs: list[Path], overwrite: bool) -> None:
+    """Refuse report files that would replace an input or an existing file (without --overwrite)."""
+    from .io import ensure_writable
+
+    protected = {p.resolve() for p in inputs}
+    for path in outputs:
+        resolved = path.resolve()
+        if resolved in protected:
+            raise ValueError(f"report file {path} would overwrite an input; choose another --out")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+        ensure_writable(path)
+
+
+def _clean_json(value: object) -> object:
+    """NaN/Inf as null, so the JSON is strict."""
+    if isinstance(value, dict):
+        return {k: _clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean_json(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def cmd_datasets(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``cldl datasets check``: layout, cases, modalities, label values and every problem of a dataset."""
+    from .data.datasets import check_dataset, detect_dataset
+    from .tasks import get_task
+
+    mode = args.progress or ("bar" if sys.stderr.isatty() else "none")
+    reporter = Reporter(mode)
+    dataset = detect_dataset(args.dir, get_task(args.task) if args.task else None)
+    report = check_dataset(dataset, progress=lambda done, total: reporter.progress("check", done, total))
+    reporter.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif mode == "jsonl":
+        for line in report.lines():
+            reporter.log(line)
+        reporter.emit("result", **report.to_dict())
+    else:
+        print("\n".join(report.lines()))
+    return 0 if report.ok else 1
 
 
 def _json_float(value: object) -> object:

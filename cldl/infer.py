@@ -19,12 +19,21 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import Checkpoint, check_task, load_checkpoint
-from .data.preprocess import InputError, preprocess
+from .data.datasets import check_modality_order
+from .data.preprocess import InputError, Preprocessed, input_grid_probabilities, preprocess, stack_channels
 from .distributions import UNCERTAINTY_MAPS
-from .io import Geometry, read_image
+from .io import Geometry, read_channels
 from .tasks import Task
 
 ProgressFn = Callable[[int, int], None]
+
+DEFAULT_OVERLAP = 0.25
+"""Default sliding-window overlap: on held-out phantoms 0.25 matched 0.5 in Dice at ~3.5x fewer windows
+(benchmarks/overlap.py, benchmarks/RESULTS.md)."""
+CPU_WINDOW_MEMORY_GB = 3.0
+"""Activation memory the predictor may use for a batch of windows on CPU (keeps a BraTS case under 4 GB)."""
+ACTIVATION_FACTOR = 11
+"""Peak inference activations of UNetLDL, in float32 maps of (base width x window) (8-11 measured on CPU)."""
 
 
 class Cancelled(RuntimeError):
@@ -50,16 +59,20 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def window_starts(size: int, window: int, overlap: float) -> list[int]:
+def window_starts(size: int, window: int, overlap: float, symmetric: bool = True) -> list[int]:
     """Evenly spread window starts covering ``size`` with at least ``overlap`` between neighbours.
 
-    The starts are mirror-symmetric (``size - window - s`` is a start for every start ``s``), so the windows
-    of a flipped volume are the flipped windows.
+    ``symmetric`` starts are mirror-symmetric (``size - window - s`` is a start for every start ``s``), so the
+    windows of a flipped volume are the flipped windows (what mirror TTA needs); when an odd number of windows has
+    no integer middle start, that costs one window more along the axis. Without TTA the sliding window uses the
+    plain ``symmetric=False`` placement.
     """
     if size <= window:
         return [0]
     step = max(1, int(window * (1.0 - overlap)))
     count = math.ceil((size - window) / step) + 1
+    if not symmetric:
+        return sorted({math.floor(i * (size - window) / (count - 1) + 0.5) for i in range(count)})
     first_half = [math.floor(i * (size - window) / (count - 1) + 0.5) for i in range((count + 1) // 2)]
     return sorted(set(first_half) | {size - window - s for s in first_half})
 
@@ -79,30 +92,65 @@ def gaussian_importance(
     return weight.clamp_(min=1e-3)
 
 
+def window_memory_bytes(model: torch.nn.Module, window: Sequence[int]) -> int:
+    """Estimated peak activation memory of one window's forward pass (``ACTIVATION_FACTOR`` float32 maps)."""
+    width = getattr(getattr(model, "config", None), "base_width", None)
+    if width is None:  # another network: the widest first-level convolution
+        width = next((m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv3d)), 32)
+    return int(ACTIVATION_FACTOR * width * math.prod(int(w) for w in window) * 4)
+
+
+def memory_capped_window_batch(
+    model: torch.nn.Module, window: Sequence[int], window_batch: int, memory_limit_gb: float | None
+) -> int:
+    """The largest batch of windows up to ``window_batch`` whose activations fit ``memory_limit_gb`` (at least 1).
+
+    ``None`` picks the limit: ``CPU_WINDOW_MEMORY_GB`` on CPU, half the free memory on a GPU.
+    """
+    if memory_limit_gb is None:
+        device = next(model.parameters()).device
+        if device.type == "cuda":
+            memory_limit_gb = torch.cuda.mem_get_info(device)[0] / 2 / 2**30
+        else:
+            memory_limit_gb = CPU_WINDOW_MEMORY_GB
+    fits = int(memory_limit_gb * 2**30 // max(1, window_memory_bytes(model, window)))
+    return max(1, min(window_batch, fits))
+
+
 class Predictor:
-    """Segments volumes with one checkpoint; build once, call :meth:`predict` many times."""
+    """Segments volumes with one checkpoint; build once, call :meth:`predict` many times.
+
+    ``window_batch`` windows go through the network together unless their activations would exceed
+    ``memory_limit_gb`` (default: ``CPU_WINDOW_MEMORY_GB`` on CPU, half the free GPU memory); on a GPU the
+    network runs in bfloat16/float16 autocast. None of this changes the outputs beyond float rounding.
+    """
 
     def __init__(
         self,
         checkpoint: str | Path | Checkpoint,
         device: str = "auto",
-        overlap: float = 0.5,
+        overlap: float = DEFAULT_OVERLAP,
         window_batch: int = 2,
         tta: bool = False,
         gaussian: bool = True,
+        memory_limit_gb: float | None = None,
     ) -> None:
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if window_batch < 1:
             raise ValueError(f"window_batch must be >= 1, got {window_batch}")
+        if memory_limit_gb is not None and memory_limit_gb <= 0:
+            raise ValueError(f"memory_limit_gb must be positive, got {memory_limit_gb}")
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.device = resolve_device(device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed window shapes: let cuDNN pick its fastest kernels
         self.model = self.checkpoint.build_model(self.device)
         self.overlap = overlap
-        self.window_batch = window_batch
+        self.window = tuple(self.checkpoint.patch_size)
+        self.window_batch = memory_capped_window_batch(self.model, self.window, window_batch, memory_limit_gb)
         self.tta = tta
         self.gaussian = gaussian
-        self.window = tuple(self.checkpoint.patch_size)
 
     @property
     def task(self) -> Task:
@@ -110,25 +158,26 @@ class Predictor:
         return self.checkpoint.task
 
     def predict_files(self, paths: Sequence[str | Path], **kwargs) -> tuple[Prediction, Geometry]:
-        """Read one image per modality (same grid required), predict, and return the input geometry."""
+        """Read one image per modality (or one multi-channel image), predict on the first image's grid, and return
+        that geometry; a modality on another grid is resampled onto the first with a warning (refused when the
+        grids do not overlap)."""
         task = self.task
-        if len(paths) != task.num_modalities:
+        check_modality_order(list(paths), task)
+        arrays, geometries, names = [], [], []
+        for path in paths:
+            channels, geo = read_channels(path, np.float32)
+            for index, channel in enumerate(channels):
+                arrays.append(channel)
+                geometries.append(geo)
+                names.append(Path(path).name if len(channels) == 1 else f"channel {index} of {Path(path).name}")
+        if len(arrays) != task.num_modalities:
+            got = f"{len(paths)}" if len(arrays) == len(paths) else f"{len(arrays)} channels in {len(paths)} file(s)"
             raise InputError(
-                f"model {task.name!r} expects {task.num_modalities} images ({', '.join(task.modalities)}), "
-                f"got {len(paths)}"
+                f"model {task.name!r} expects {task.num_modalities} images ({', '.join(task.modalities)}), got {got}"
             )
-        arrays, geometry = [], None
-        for path, name in zip(paths, task.modalities):
-            array, geo = read_image(path, np.float32)
-            if geometry is None:
-                geometry = geo
-            elif not geometry.matches(geo):
-                raise InputError(
-                    f"{path} ({name}) is not on the same grid as {paths[0]}: size {geo.size} vs {geometry.size}, "
-                    f"spacing {geo.spacing} vs {geometry.spacing}; resample it onto the first image first"
-                )
-            arrays.append(array)
-        return self.predict(np.stack(arrays), **kwargs), geometry
+        names = [f"{m} ({n})" for m, n in zip(task.modalities, names)]
+        images, geometry = stack_channels(arrays, geometries, names, self.checkpoint.preprocess.image_kind)
+        return self.predict(images, geometry=geometry, **kwargs), geometry
 
     def predict(
         self,
@@ -137,26 +186,46 @@ class Predictor:
         uncertainty: str = "entropy",
         progress: ProgressFn | None = None,
         cancel: Callable[[], bool] | None = None,
+        geometry: Geometry | None = None,
     ) -> Prediction:
-        """Segment one case given as ``C x z x y x`` array in the task's modality order."""
+        """Segment one case given as ``C x z x y x`` array in the task's modality order.
+
+        With ``geometry`` the checkpoint's orientation and resampling steps apply; the probabilities are mapped
+        back onto the input grid (exactly, or by linear interpolation after resampling) before the argmax.
+        """
         if uncertainty not in UNCERTAINTY_MAPS:
             raise ValueError(f"uncertainty must be one of {sorted(UNCERTAINTY_MAPS)}, got {uncertainty!r}")
         task = self.task
-        case = preprocess(images, self.checkpoint.preprocess, task.modalities)
+        case = preprocess(images, self.checkpoint.preprocess, task.modalities, geometry=geometry)
         probs = self.sliding_window(case.images, progress=progress, cancel=cancel)
+        if case.resampled:
+            return self._resampled_prediction(case, probs, keep_probabilities, uncertainty)
         uncert = UNCERTAINTY_MAPS[uncertainty](probs.unsqueeze(0))[0]
-        classes_crop = probs.argmax(dim=0).to(torch.uint8).cpu().numpy()
-        index = tuple(slice(a, b) for a, b in case.bbox)
-        classes = np.zeros(case.input_shape, dtype=np.uint8)
-        classes[index] = classes_crop
-        uncertainty_map = np.zeros(case.input_shape, dtype=np.float16)
-        uncertainty_map[index] = uncert.to(torch.float16).cpu().numpy()
+        classes = case.to_input(case.paste(probs.argmax(dim=0).to(torch.uint8).cpu().numpy()))
+        uncertainty_map = case.to_input(case.paste(uncert.to(torch.float16).cpu().numpy()))
         probabilities = None
         if keep_probabilities:
-            probabilities = np.zeros((task.num_classes, *case.input_shape), dtype=np.float16)
-            probabilities[0] = 1.0
-            probabilities[(slice(None),) + index] = probs.to(torch.float16).cpu().numpy()
+            crop_probabilities = probs.to(torch.float16).cpu().numpy()
+            probabilities = case.paste(crop_probabilities)
+            probabilities[0] = case.paste(crop_probabilities[0], fill=1.0)  # background outside the crop
+            probabilities = case.to_input(probabilities)
         return Prediction(task.classes_to_labels(classes), classes, uncertainty_map, probabilities)
+
+    def _resampled_prediction(
+        self, case: Preprocessed, probs: torch.Tensor, keep_probabilities: bool, uncertainty: str
+    ) -> Prediction:
+        """Probabilities resampled slab by slab onto the input grid, then argmax and uncertainty there."""
+        shape = case.input_shape
+        classes = np.zeros(shape, dtype=np.uint8)
+        uncertainty_map = np.zeros(shape, dtype=np.float16)
+        probabilities = np.zeros((self.task.num_classes, *shape), dtype=np.float16) if keep_probabilities else None
+        for index, slab in input_grid_probabilities(case, probs.float().cpu().numpy()):
+            tensor = torch.from_numpy(slab)
+            classes[index] = tensor.argmax(dim=0).to(torch.uint8).numpy()
+            uncertainty_map[index] = UNCERTAINTY_MAPS[uncertainty](tensor.unsqueeze(0))[0].to(torch.float16).numpy()
+            if probabilities is not None:
+                probabilities[:, index] = slab.astype(np.float16)
+        return Prediction(self.task.classes_to_labels(classes), classes, uncertainty_map, probabilities)
 
     def sliding_window(
         self, volume: np.ndarray, progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None
@@ -181,7 +250,7 @@ def sliding_window_probabilities(
     model: torch.nn.Module,
     volume: np.ndarray,
     window: Sequence[int],
-    overlap: float = 0.5,
+    overlap: float = DEFAULT_OVERLAP,
     window_batch: int = 2,
     tta: bool = False,
     gaussian: bool = True,
@@ -205,7 +274,8 @@ def sliding_window_probabilities(
         sides = [(b, p - b) for b, p in zip(before, pad)]
         image = F.pad(image, (*sides[2], *sides[1], *sides[0]), value=fill)
     padded = tuple(image.shape[1:])
-    starts = list(itertools.product(*(window_starts(s, w, overlap) for s, w in zip(padded, window))))
+    axes = (window_starts(s, w, overlap, symmetric=tta) for s, w in zip(padded, window))
+    starts = list(itertools.product(*axes))
     weight = gaussian_importance(window, device=device) if gaussian else torch.ones(window, device=device)
     flips = [axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)] if tta else [()]
     accumulated = None
@@ -263,4 +333,4 @@ def segment_files(
     return prediction, geometry, predictor
 
 
-_PREDICTOR_ARGS = ("device", "overlap", "window_batch", "tta", "gaussian")
+_PREDICTOR_ARGS = ("device", "overlap", "window_batch", "tta", "gaussian", "memory_limit_gb")

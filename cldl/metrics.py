@@ -20,6 +20,18 @@ Empty-set conventions (medpy raises or returns 0 here; challenge evaluations use
   true positive found; reference empty and prediction non-empty: counted as a failure like Dice, not as undefined);
 * specificity is TN / (TN + FP) and 1 when the reference fills the whole image (no negatives).
 
+Uncertainty (``cldl evaluate --uncertainty``):
+
+* calibration from the per-class probability maps, over the ``mask`` voxels (all voxels without a mask): the
+  multi-class top-label ECE with 15 equal-width bins and the Brier score ``mean sum_k (p_k - [y = k])^2`` (region
+  ``"all"``), and per region the same for the region's probability (the sum of its classes' probabilities);
+* the QU-BraTS uncertainty score per region (Mehta et al., MELBA 2022; the thresholds, counts and areas follow the
+  challenge's reference implementation): the uncertainty is put on a 0..100 scale, for the thresholds
+  0, 2.5, ..., 100 (``num_points`` = 40 steps) the voxels above the threshold are removed, and the Dice of the rest,
+  the ratio of filtered true positives and the ratio of filtered true negatives (both inside the brain mask) give
+  three curves; their areas (divided by 100) combine as ``(AUC_Dice + (1 - AUC_FTP) + (1 - AUC_FTN)) / 3``. The
+  uncertainty map is used for every region; without one, each region's normalised binary entropy.
+
 Speed: surface distances are computed on the bounding box of ``pred | ref`` only (exactly equivalent, see
 ``_cropped``), so a 240x240x155 volume with a small structure costs milliseconds; no float64 copy of a whole volume
 is made (float64 arrays of the box only).
@@ -27,20 +39,50 @@ is made (float64 arrays of the box only).
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cldl.io import IMAGE_SUFFIXES, is_image_path, read_image
+from cldl.io import (
+    IMAGE_SUFFIXES,
+    SEG_SUFFIX,
+    Geometry,
+    is_image_path,
+    labels_on_grid,
+    read_channels,
+    read_image,
+    read_labels,
+    strip_image_suffix,
+)
 from cldl.tasks import Task
 
 METRICS = ("dice", "hd95", "assd", "sensitivity", "specificity")
 CASE_SUFFIX = re.compile(r"_(seg|label|pred)$", re.IGNORECASE)
+MAP_SUFFIX = re.compile(r"_(uncertainty|probabilities|probs|prob)$", re.IGNORECASE)
+MASK_SUFFIX = re.compile(r"_(brain_?mask|mask)$", re.IGNORECASE)
+ECE_BINS = 15
+QU_POINTS = 40
+QU_EPS = float(np.finfo(np.float32).eps)  # as the QU-BraTS reference implementation
+METRIC_LABELS = {
+    "dice": "Dice",
+    "hd95": "HD95 (mm)",
+    "assd": "ASSD (mm)",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "ece": "ECE",
+    "brier": "Brier",
+    "unc_auc_dice": "AUC Dice",
+    "unc_auc_ftp": "AUC FTP",
+    "unc_auc_ftn": "AUC FTN",
+    "unc_score": "QU-BraTS score",
+}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -362,61 +404,416 @@ def case_id(path: str | Path) -> str:
     return CASE_SUFFIX.sub("", name)
 
 
-def evaluate_pair(pred_path: str | Path, ref_path: str | Path, task: Task) -> dict[str, Any]:
-    """Metrics of one prediction against one reference label image (task label values): {"case", "regions"}."""
-    pred_labels, pred_geometry = read_image(pred_path)
-    ref_labels, ref_geometry = read_image(ref_path)
-    if not pred_geometry.matches(ref_geometry):
-        raise ValueError(
-            f"geometry of prediction {pred_path} (size {pred_geometry.size}, spacing {pred_geometry.spacing}, "
-            f"origin {pred_geometry.origin}) does not match reference {ref_path} (size {ref_geometry.size}, "
-            f"spacing {ref_geometry.spacing}, origin {ref_geometry.origin}); resample the prediction first"
-        )
-    classes = []
-    for path, labels in ((pred_path, pred_labels), (ref_path, ref_labels)):
-        try:
-            classes.append(task.labels_to_classes(labels, unknown="error"))
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+# --------------------------------------------------------------------------------------------------------------
+# calibration and uncertainty
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE = sum over equal-width confidence bins (lo, hi] of |B|/N * |accuracy(B) - mean confidence(B)|."""
+    conf = np.asarray(confidence, dtype=np.float64).ravel()
+    hits = np.asarray(correct, dtype=np.float64).ravel()
+    if conf.shape != hits.shape:
+        raise ValueError(f"confidence {conf.shape} and correct {hits.shape} differ in size")
+    if conf.size == 0:
+        return math.nan
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    sum_conf = np.bincount(index, weights=conf, minlength=bins)
+    sum_hits = np.bincount(index, weights=hits, minlength=bins)
+    return float(np.abs(sum_hits - sum_conf).sum() / conf.size)
+
+
+def calibration(
+    probabilities: np.ndarray, classes: np.ndarray, mask: np.ndarray | None = None, bins: int = ECE_BINS
+) -> dict[str, float]:
+    """Multi-class calibration over voxels (``mask`` or all): top-label ECE and the Brier score
+    ``mean_voxels sum_k (p_k - [y = k])^2``; ``probabilities`` is ``K x ...``, ``classes`` holds 0..K-1."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape[1:] != np.shape(classes):
+        raise ValueError(f"probabilities {probabilities.shape} do not match the labels {np.shape(classes)}")
+    select = np.ones(np.shape(classes), bool) if mask is None else _as_bool(mask)
+    p = probabilities[:, select].astype(np.float64)  # K x N
+    y = np.asarray(classes)[select]
+    if y.size == 0:
+        return {"ece": math.nan, "brier": math.nan}
+    ece = expected_calibration_error(p.max(axis=0), p.argmax(axis=0) == y, bins)
+    p_true = np.take_along_axis(p, y[np.newaxis].astype(np.int64), axis=0)[0]
+    brier = float(np.mean(np.square(p).sum(axis=0) - 2.0 * p_true + 1.0))
+    return {"ece": ece, "brier": brier}
+
+
+def binary_calibration(
+    probability: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None, bins: int = ECE_BINS
+) -> dict[str, float]:
+    """Calibration of one region's probability: ECE of the binary decision (confidence ``max(p, 1 - p)``, correct
+    when ``p >= 0.5`` agrees with the reference) and the Brier score ``mean (p - y)^2``."""
+    select = np.ones(np.shape(truth), bool) if mask is None else _as_bool(mask)
+    p = np.asarray(probability, dtype=np.float64)[select]
+    y = _as_bool(truth)[select]
+    if y.size == 0:
+        return {"ece": math.nan, "brier": math.nan}
+    ece = expected_calibration_error(np.maximum(p, 1.0 - p), (p >= 0.5) == y, bins)
+    return {"ece": ece, "brier": float(np.mean(np.square(p - y)))}
+
+
+def binary_entropy_uncertainty(probability: np.ndarray) -> np.ndarray:
+    """Normalised binary entropy of a region probability, in [0, 1] (float32)."""
+    p = np.clip(np.asarray(probability, dtype=np.float64), 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -(np.where(p > 0, p * np.log2(p), 0.0) + np.where(p < 1, (1 - p) * np.log2(1 - p), 0.0))
+    return h.astype(np.float32)
+
+
+def qu_brats_thresholds(num_points: int = QU_POINTS) -> np.ndarray:
+    """The uncertainty thresholds of the QU-BraTS evaluation (0, 100/num_points, ..., 100), ascending."""
+    return np.arange(0.0, 100.0 + QU_EPS, 100.0 / num_points)
+
+
+def qu_brats_curves(
+    truth: np.ndarray,
+    pred: np.ndarray,
+    uncertainty: np.ndarray,
+    mask: np.ndarray | None = None,
+    num_points: int = QU_POINTS,
+) -> dict[str, np.ndarray]:
+    """Dice, filtered-true-positive ratio and filtered-true-negative ratio at each QU-BraTS threshold.
+
+    Voxels with uncertainty (0..100) above a threshold are removed; the Dice is computed on the remaining voxels
+    (1 when both remaining sets are empty); FTP = (TP - TP kept) / (TP + eps) and FTN likewise over the true
+    negatives, both counted inside ``mask`` (the brain mask; all voxels when None). Counts come from sorted
+    uncertainties, so all thresholds cost one sort.
+    """
+    truth, pred = _check_pair(pred, truth)[::-1]
+    u = np.asarray(uncertainty, dtype=np.float64)
+    if u.shape != truth.shape:
+        raise ValueError(f"uncertainty {u.shape} does not match the labels {truth.shape}")
+    inside = np.ones(truth.shape, bool) if mask is None else _as_bool(mask)
+    thresholds = qu_brats_thresholds(num_points)
+
+    def kept(selection: np.ndarray) -> np.ndarray:
+        return np.searchsorted(np.sort(u[selection]), thresholds, side="right").astype(np.float64)
+
+    tp = truth & pred
+    n_inter, n_truth, n_pred = kept(tp), kept(truth), kept(pred)
+    union = n_truth + n_pred
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice_curve = np.where(union == 0, 1.0, 2.0 * n_inter / union)
+    tp_in = tp & inside
+    tn_in = ~truth & ~pred & inside
+    tp_total, tn_total = float(np.count_nonzero(tp_in)), float(np.count_nonzero(tn_in))
+    ftp = (tp_total - kept(tp_in)) / (tp_total + QU_EPS)
+    ftn = (tn_total - kept(tn_in)) / (tn_total + QU_EPS)
+    return {"thresholds": thresholds, "dice": dice_curve, "ftp": ftp, "ftn": ftn}
+
+
+def _area(y: np.ndarray, x: np.ndarray) -> float:
+    """Trapezoidal area under ``y(x)``."""
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2.0)
+
+
+def qu_brats_score(
+    truth: np.ndarray,
+    pred: np.ndarray,
+    uncertainty: np.ndarray,
+    mask: np.ndarray | None = None,
+    num_points: int = QU_POINTS,
+) -> dict[str, float]:
+    """The QU-BraTS uncertainty score of one region: the areas under the Dice, FTP and FTN curves over the
+    thresholds (divided by 100) and ``(AUC_Dice + (1 - AUC_FTP) + (1 - AUC_FTN)) / 3``."""
+    curves = qu_brats_curves(truth, pred, uncertainty, mask, num_points)
+    x = curves["thresholds"]
+    auc = {name: _area(curves[name], x) / 100.0 for name in ("dice", "ftp", "ftn")}
     return {
-        "case": case_id(ref_path),
-        "regions": region_metrics(classes[0], classes[1], task, ref_geometry.spacing_zyx),
+        "unc_auc_dice": auc["dice"],
+        "unc_auc_ftp": auc["ftp"],
+        "unc_auc_ftn": auc["ftn"],
+        "unc_score": (auc["dice"] + (1.0 - auc["ftp"]) + (1.0 - auc["ftn"])) / 3.0,
     }
 
 
-def _images_by_id(folder: Path) -> dict[str, Path]:
-    """Image files of a folder keyed by case id; a ValueError if two files share an id."""
+def uncertainty_percent(values: np.ndarray) -> np.ndarray:
+    """An uncertainty map on the QU-BraTS 0..100 scale: maps in 0..1 (as ``cldl segment`` writes) are scaled by
+    100, maps already in 0..100 are kept; then clipped to [0, 100]."""
+    values = np.asarray(values, dtype=np.float32)
+    if values.size and float(np.nanmax(values)) <= 1.0 + 1e-6:
+        values = values * np.float32(100.0)
+    return np.clip(values, 0.0, 100.0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# evaluating files
+
+
+@dataclass
+class EvaluationCase:
+    """The files of one evaluated case."""
+
+    case: str
+    pred: Path
+    ref: Path
+    probabilities: Path | None = None
+    uncertainty: Path | None = None
+    mask: Path | None = None
+    mask_channel: int = 0
+    label_map: tuple[tuple[int, int], ...] = ()
+    unknown_labels: str = "error"
+
+
+def _read_classes(
+    path: Path, task: Task, label_map: tuple[tuple[int, int], ...] = (), unknown: str = "error"
+) -> tuple[np.ndarray, Geometry]:
+    """Class indices of a label file (label image or .seg.nrrd), with an optional value map."""
+    from .data.datasets import map_label_values
+
+    try:
+        labels, geometry = read_labels(path, task)
+        labels = map_label_values(labels, label_map)
+        return task.labels_to_classes(labels, unknown=unknown), geometry
+    except ValueError as exc:
+        message = str(exc)
+        raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+
+
+def _is_seg(path: Path) -> bool:
+    """Whether a path names a Slicer segmentation file."""
+    return path.name.lower().endswith(SEG_SUFFIX)
+
+
+def _same_grid(path: Path, geometry: Geometry, ref_path: Path, ref_geometry: Geometry, what: str) -> None:
+    """A ValueError when a file is not on the reference grid."""
+    if not geometry.matches(ref_geometry):
+        raise ValueError(
+            f"geometry of {what} {path} (size {geometry.size}, spacing {geometry.spacing}, origin {geometry.origin}) "
+            f"does not match reference {ref_path} (size {ref_geometry.size}, spacing {ref_geometry.spacing}, "
+            f"origin {ref_geometry.origin}); resample the {what} first"
+        )
+
+
+def evaluate_case(
+    item: EvaluationCase, task: Task, bins: int = ECE_BINS, num_points: int = QU_POINTS
+) -> dict[str, Any]:
+    """Metrics of one case: overlap and distances per region; with probabilities, calibration (per region and
+    multi-class as region ``"all"``); with an uncertainty map or probabilities, the QU-BraTS score per region."""
+    pred_classes, pred_geometry = _read_classes(item.pred, task)
+    ref_classes, ref_geometry = _read_classes(item.ref, task, item.label_map, item.unknown_labels)
+    if not pred_geometry.matches(ref_geometry):  # Slicer crops a .seg.nrrd to its segments' extent
+        placed = labels_on_grid(pred_classes, pred_geometry, ref_geometry) if _is_seg(item.pred) else None
+        if placed is not None:
+            pred_classes = placed
+        elif _is_seg(item.ref) and (placed := labels_on_grid(ref_classes, ref_geometry, pred_geometry)) is not None:
+            ref_classes, ref_geometry = placed, pred_geometry
+        else:
+            _same_grid(item.pred, pred_geometry, item.ref, ref_geometry, "prediction")
+    regions = region_metrics(pred_classes, ref_classes, task, ref_geometry.spacing_zyx)
+    result: dict[str, Any] = {"case": item.case, "regions": regions}
+    if item.probabilities is None and item.uncertainty is None:
+        return result
+    mask = None
+    if item.mask is not None:
+        channels, mask_geometry = read_channels(item.mask)
+        _same_grid(item.mask, mask_geometry, item.ref, ref_geometry, "mask")
+        mask = channels[min(item.mask_channel, channels.shape[0] - 1)] != 0
+    probabilities = None
+    if item.probabilities is not None:
+        probabilities, geometry = read_channels(item.probabilities, np.float32)
+        _same_grid(item.probabilities, geometry, item.ref, ref_geometry, "probabilities")
+        if probabilities.shape[0] != task.num_classes:
+            raise ValueError(
+                f"{item.probabilities}: {probabilities.shape[0]} probability maps; task {task.name} has "
+                f"{task.num_classes} classes"
+            )
+        result["regions"]["all"] = calibration(probabilities, ref_classes, mask, bins)
+    uncertainty = None
+    if item.uncertainty is not None:
+        values, geometry = read_image(item.uncertainty, np.float32)
+        _same_grid(item.uncertainty, geometry, item.ref, ref_geometry, "uncertainty map")
+        uncertainty = uncertainty_percent(values)
+    result["uncertainty_source"] = "map" if uncertainty is not None else "probabilities"
+    for region in task.regions:
+        classes = np.asarray(region.classes)
+        truth, pred = np.isin(ref_classes, classes), np.isin(pred_classes, classes)
+        values: dict[str, float] = {}
+        region_probability = None
+        if probabilities is not None:
+            region_probability = probabilities[list(region.classes)].sum(axis=0)
+            values.update(binary_calibration(region_probability, truth, mask, bins))
+        region_uncertainty = uncertainty
+        if region_uncertainty is None and region_probability is not None:
+            region_uncertainty = uncertainty_percent(binary_entropy_uncertainty(region_probability))
+        values.update(qu_brats_score(truth, pred, region_uncertainty, mask, num_points))
+        regions[region.name].update(values)
+    return result
+
+
+def evaluate_pair(pred_path: str | Path, ref_path: str | Path, task: Task) -> dict[str, Any]:
+    """Metrics of one prediction against one reference label image (task label values): {"case", "regions"}."""
+    return evaluate_case(EvaluationCase(case_id(ref_path), Path(pred_path), Path(ref_path)), task)
+
+
+def _images_by_id(folder: Path, pattern: re.Pattern | None = None) -> dict[str, Path]:
+    """Image files of a folder keyed by case id (maps such as ``_uncertainty`` left out unless ``pattern`` selects
+    them); a ValueError if two files share an id."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file() and is_image_path(path):
+        if not (path.is_file() and is_image_path(path)):
+            continue
+        stem = strip_image_suffix(path.name)
+        if pattern is None:
+            if MAP_SUFFIX.search(stem):
+                continue
             cid = case_id(path)
-            if cid in found:
-                raise ValueError(f"{folder}: {found[cid].name} and {path.name} have the same case id {cid!r}")
-            found[cid] = path
+        else:
+            match = pattern.search(stem)
+            if match is None:
+                continue
+            cid = CASE_SUFFIX.sub("", stem[: match.start()])
+        if cid in found:
+            raise ValueError(f"{folder}: {found[cid].name} and {path.name} have the same case id {cid!r}")
+        found[cid] = path
     return found
 
 
-def evaluate_folders_or_files(pred: str | Path, ref: str | Path, task: Task) -> list[dict[str, Any]]:
-    """Evaluate one prediction file against one reference file, or every reference of a folder against the
-    prediction with the same case id in another folder."""
+def _references(ref: Path, task: Task) -> dict[str, tuple[Path, tuple[tuple[int, int], ...], str]]:
+    """Reference label maps by case id: a dataset folder in any known layout (its label-value mapping applied,
+    e.g. MSD -> BraTS), or a folder of label files."""
+    from .data.datasets import InputError, detect_dataset
+
+    try:
+        dataset = detect_dataset(ref, task)
+    except InputError:
+        dataset = None
+    if dataset is not None and dataset.labelled:
+        return {c.case_id: (c.label, c.label_map, c.unknown_labels) for c in dataset.labelled}  # type: ignore[misc]
+    return {cid: (path, (), "error") for cid, path in _images_by_id(ref).items()}
+
+
+def _maps(setting: str | Path | None, pred: Path, kind: str, ids: Sequence[str]) -> dict[str, Path]:
+    """Uncertainty or probability maps by case id: ``"auto"`` looks next to the predictions
+    (``<case>_uncertainty.*``, ``<case>_probabilities.*``), a folder is matched by case id, a file is the map of
+    a single case."""
+    if setting is None:
+        return {}
+    pattern = re.compile(rf"_({kind})$", re.IGNORECASE)
+    if str(setting) == "auto":
+        folder = pred if pred.is_dir() else pred.parent
+        found = _images_by_id(folder, pattern)
+        if pred.is_file():
+            stem = case_id(pred)
+            found = {ids[0]: found[stem]} if stem in found else {}
+        return found
+    path = Path(setting)
+    if path.is_file():
+        if len(ids) != 1:
+            raise ValueError(f"{path}: one map file for {len(ids)} cases; give a folder of maps")
+        return {ids[0]: path}
+    if path.is_dir():
+        by_id = _images_by_id(path, pattern)
+        return by_id or _images_by_id(path)
+    raise ValueError(f"{path}: no such file or folder")
+
+
+def _masks(setting: str | Path | None, task: Task, ids: Sequence[str]) -> dict[str, tuple[Path, int]]:
+    """Brain masks by case id: a file (one case), a folder of masks (``<case>_mask``), or a dataset folder whose
+    first modality's non-zero voxels are used (as the QU-BraTS evaluation does with the T1 image)."""
+    if setting is None:
+        return {}
+    from .data.datasets import InputError, detect_dataset
+
+    path = Path(setting)
+    if path.is_file():
+        if len(ids) != 1:
+            raise ValueError(f"{path}: one mask file for {len(ids)} cases; give a folder")
+        return {ids[0]: (path, 0)}
+    if not path.is_dir():
+        raise ValueError(f"mask {path}: no such file or folder")
+    try:
+        dataset = detect_dataset(path, task)
+        return {c.case_id: (c.images[0], (c.channels or (0,))[0]) for c in dataset.cases}
+    except InputError:
+        return {cid: (p, 0) for cid, p in _images_by_id(path, MASK_SUFFIX).items()} or {
+            cid: (p, 0) for cid, p in _images_by_id(path).items()
+        }
+
+
+def match_cases(
+    pred: str | Path,
+    ref: str | Path,
+    task: Task,
+    probabilities: str | Path | None = None,
+    uncertainty: str | Path | None = None,
+    mask: str | Path | None = None,
+) -> list[EvaluationCase]:
+    """Pair predictions with references (two files, or two folders matched by case id) and attach maps."""
     pred, ref = Path(pred), Path(ref)
     for what, path in (("prediction", pred), ("reference", ref)):
         if not path.exists():
             raise ValueError(f"{what} {path}: no such file or folder")
     if pred.is_file() and ref.is_file():
-        return [evaluate_pair(pred, ref, task)]
-    if not (pred.is_dir() and ref.is_dir()):
+        items = [EvaluationCase(case_id(ref), pred, ref)]
+    elif pred.is_dir() and ref.is_dir():
+        preds, refs = _images_by_id(pred), _references(ref, task)
+        if not refs:
+            raise ValueError(f"{ref}: no reference images ({', '.join(IMAGE_SUFFIXES)})")
+        missing = sorted(set(refs) - set(preds))
+        if missing:
+            raise ValueError(f"{pred}: no prediction for the reference case(s) {missing}")
+        extra = sorted(set(preds) - set(refs))
+        if extra:
+            warnings.warn(f"{pred}: predictions without a reference are ignored: {extra}", stacklevel=3)
+        items = [
+            EvaluationCase(cid, preds[cid], refs[cid][0], label_map=refs[cid][1], unknown_labels=refs[cid][2])
+            for cid in sorted(refs)
+        ]
+    else:
         raise ValueError(f"give two files or two folders, not {pred} and {ref}")
-    preds, refs = _images_by_id(pred), _images_by_id(ref)
-    if not refs:
-        raise ValueError(f"{ref}: no reference images ({', '.join(IMAGE_SUFFIXES)})")
-    missing = sorted(set(refs) - set(preds))
-    if missing:
-        raise ValueError(f"{pred}: no prediction for the reference case(s) {missing}")
-    extra = sorted(set(preds) - set(refs))
-    if extra:
-        warnings.warn(f"{pred}: predictions without a reference are ignored: {extra}", stacklevel=2)
-    return [evaluate_pair(preds[cid], refs[cid], task) for cid in sorted(refs)]
+    ids = [item.case for item in items]
+    probability_maps = _maps(probabilities, pred, "probabilities|probs|prob", ids)
+    uncertainty_maps = _maps(uncertainty, pred, "uncertainty", ids)
+    masks = _masks(mask, task, ids)
+    for name, found, given in (
+        ("probability map", probability_maps, probabilities),
+        ("uncertainty map", uncertainty_maps, uncertainty),
+        ("mask", masks, mask),
+    ):
+        missing = sorted(set(ids) - set(found))
+        if given is not None and missing and (str(given) != "auto" or found):
+            where = (
+                f"next to the predictions in {pred if pred.is_dir() else pred.parent}"
+                if str(given) == "auto"
+                else given
+            )
+            raise ValueError(f"{where}: no {name} for the case(s) {missing}")
+    if str(uncertainty) == "auto" and not uncertainty_maps and not probability_maps:
+        raise ValueError(
+            f"{pred}: no <case>_uncertainty or <case>_probabilities maps next to the predictions; "
+            "give --uncertainty PATH or --probabilities PATH (cldl segment --uncertainty/--probabilities writes them)"
+        )
+    for item in items:
+        item.probabilities = probability_maps.get(item.case)
+        item.uncertainty = uncertainty_maps.get(item.case)
+        if item.case in masks:
+            item.mask, item.mask_channel = masks[item.case]
+    return items
+
+
+def evaluate_folders_or_files(
+    pred: str | Path,
+    ref: str | Path,
+    task: Task,
+    probabilities: str | Path | None = None,
+    uncertainty: str | Path | None = None,
+    mask: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate one prediction file against one reference file, or every reference of a folder (a folder of label
+    files, or a dataset folder in any layout cldl reads) against the prediction with the same case id."""
+    items = match_cases(pred, ref, task, probabilities, uncertainty, mask)
+    results = []
+    for index, item in enumerate(items):
+        results.append(evaluate_case(item, task))
+        if progress is not None:
+            progress(index + 1, len(items))
+    return results
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -438,3 +835,55 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str
                 stats = {"mean": math.nan, "std": math.nan, "median": math.nan}
             summary[region][metric] = stats
     return summary
+
+
+# --------------------------------------------------------------------------------------------------------------
+# reports
+
+
+def _metric_order(results: Sequence[dict[str, Any]]) -> list[str]:
+    """Every metric that occurs, in the canonical order."""
+    present = {m for r in results for values in r["regions"].values() for m in values}
+    return [m for m in METRIC_LABELS if m in present] + sorted(present - set(METRIC_LABELS))
+
+
+def result_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per case and region: ``{"case", "region", metric: value, ...}``."""
+    return [{"case": r["case"], "region": region, **values} for r in results for region, values in r["regions"].items()]
+
+
+def write_csv(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """The per-case CSV: columns case, region, then every metric (empty where it does not apply)."""
+    path = Path(path)
+    metrics = _metric_order(results)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case", "region", *metrics])
+        for row in result_rows(results):
+            writer.writerow(
+                [row["case"], row["region"], *("" if row.get(m) is None else f"{row[m]:.6g}" for m in metrics)]
+            )
+    return path
+
+
+def markdown_table(summary: dict[str, dict[str, dict[str, float]]], n_cases: int, task_name: str) -> str:
+    """The summary as a Markdown table: one row per region, ``mean ± std`` per metric."""
+    metrics = [m for m in METRIC_LABELS if any(m in values for values in summary.values())]
+    metrics += sorted({m for values in summary.values() for m in values} - set(metrics))
+    lines = [
+        f"{n_cases} case(s), task {task_name}: mean ± std over cases",
+        "",
+        "| region | " + " | ".join(METRIC_LABELS.get(m, m) for m in metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
+    ]
+    for region, values in summary.items():
+        cells = []
+        for m in metrics:
+            stats = values.get(m)
+            if stats is None or math.isnan(stats["mean"]):
+                cells.append("–")
+            else:
+                digits = 2 if m in ("hd95", "assd") else 4
+                cells.append(f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}")
+        lines.append(f"| {region} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

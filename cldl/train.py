@@ -25,14 +25,27 @@ import torch
 from . import __version__
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .curriculum import Curriculum, region_sizes
+from .data.cache import open_cache
 from .data.datasets import discover_cases, load_case, split_cases
 from .data.preprocess import InputError, PreprocessConfig, Preprocessed, preprocess
+from .distributed import (
+    DistContext,
+    all_gather_objects,
+    any_rank,
+    barrier,
+    broadcast_buffers,
+    check_in_sync,
+    init_distributed,
+    mean_over_ranks,
+    shutdown,
+)
 from .distributions import rldl_targets
 from .events import Reporter
-from .infer import resolve_device, sliding_window_probabilities
+from .infer import sliding_window_probabilities
 from .losses import LossConfig, cldl_loss
 from .metrics import dice
 from .model import ModelConfig, UNetLDL, count_parameters
+from .prefetch import BatchPrefetcher
 from .tasks import Task, get_task
 
 
@@ -64,10 +77,16 @@ class TrainConfig:
     flip_prob: float = 0.5
     seed: int = 0
     val_every: int = 1
-    val_overlap: float = 0.5
+    val_overlap: float = 0.25  # cldl.infer.DEFAULT_OVERLAP (benchmarks/overlap.py)
     max_val_cases: int | None = None
     device: str = "auto"
     amp: bool = True
+    prefetch: int = 2  # batches drawn ahead by a background thread (0: on demand); results do not depend on it
+    channels_last: bool = False  # channels-last 3D memory format for the training step (GPU; measure first)
+    compile: bool = False  # torch.compile the training step's network (slow first steps while it compiles)
+    cudnn_benchmark: bool = True  # let cuDNN time and pick the fastest convolution algorithms (GPU)
+    preprocess: dict[str, Any] = field(default_factory=dict)  # PreprocessConfig keys, e.g. target_spacing
+    cache: str | None = "auto"  # preprocessed-case cache: "auto" ($CLDL_DATA_CACHE or ~/.cache/cldl), a folder, null
 
     def __post_init__(self) -> None:
         if (self.data is None) == (self.phantoms is None):
@@ -81,12 +100,15 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.fg_oversample <= 1 or not 0 <= self.flip_prob <= 1:
             raise ValueError("fg_oversample and flip_prob must be in [0, 1]")
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
         unknown = sorted(set(self.model) - set(ModelConfig.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown model keys {unknown}; valid keys: {sorted(ModelConfig.__dataclass_fields__)}")
         ModelConfig(**self.model)  # validates the model values early
         Curriculum(3, self.curriculum, self.ramp_epochs)
         LossConfig(self.lambda_ldl, self.lambda_ce, self.dice)
+        PreprocessConfig.from_dict(self.preprocess, strict=True)  # validates the preprocessing keys early
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
@@ -127,7 +149,11 @@ class TrainConfig:
 
 
 class PatchSampler:
-    """Seeded random patches with optional foreground-centred crops and mirror flips."""
+    """Seeded random patches with optional foreground-centred crops and mirror flips.
+
+    ``rank`` > 0 (another process of a multi-process run) draws its own stream from ``(seed, rank)``; rank 0 draws
+    the single-process stream, so a one-process run is unchanged.
+    """
 
     def __init__(
         self,
@@ -137,11 +163,12 @@ class PatchSampler:
         flip_prob: float,
         seed: int,
         pad_value: float = 0.0,
+        rank: int = 0,
     ) -> None:
         self.patch = patch
         self.fg_rate = fg_rate
         self.flip_prob = flip_prob
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed if rank == 0 else [seed, rank])
         self.images: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
         self.foreground: list[np.ndarray] = []
@@ -184,17 +211,20 @@ class PatchSampler:
 def load_dataset(
     config: TrainConfig, task: Task, prep: PreprocessConfig, reporter: Reporter
 ) -> tuple[list[Preprocessed], list[Preprocessed], list[str], list[str]]:
-    """Train and validation cases (preprocessed, in memory) and their ids."""
+    """Train and validation cases (preprocessed; memory-mapped from the cache when one is set) and their ids."""
     if config.phantoms is not None:
         return _phantom_dataset(config.phantoms, task, prep, reporter)
     files = [c for c in discover_cases(config.data, task) if c.label is not None]
     if len(files) < 2:
         raise InputError(f"{config.data}: need at least 2 labelled cases to train and validate, found {len(files)}")
     train_files, val_files = split_cases(files, config.val_fraction, config.split_seed)
+    cache = open_cache(config.cache)
     cases = []
     for i, case in enumerate(train_files + val_files):
-        cases.append(load_case(case, task, prep))
+        cases.append(cache.load(case, task, prep) if cache is not None else load_case(case, task, prep))
         reporter.progress("load", i + 1, len(files))
+    if cache is not None and cache.misses:
+        reporter.log(f"preprocessed {cache.misses} case(s) into the cache {cache.folder}")
     n = len(train_files)
     return cases[:n], cases[n:], [c.case_id for c in train_files], [c.case_id for c in val_files]
 
@@ -242,24 +272,40 @@ def validate(
     overlap: float,
     pad_value: str | None,
     reporter: Reporter,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, float]:
-    """Full-volume sliding-window Dice per region (mean over cases) and their mean as ``dice_mean``."""
+    """Full-volume sliding-window Dice per region (mean over cases) and their mean as ``dice_mean``.
+
+    With ``world_size`` > 1 every rank validates its share of the cases (``cases[rank::world_size]``) and the
+    per-case scores are gathered, so every rank returns the numbers one process would have computed.
+    """
     model.eval()
-    scores: dict[str, list[float]] = {r.name: [] for r in task.regions}
-    for i, case in enumerate(cases):
+    shard = range(rank, len(cases), world_size)
+    rows: list[tuple[int, list[float]]] = []
+    for done, index in enumerate(shard):
+        case = cases[index]
         probs = sliding_window_probabilities(model, case.images, patch, overlap=overlap, pad_value=pad_value)
         pred = probs.argmax(0).cpu().numpy()
-        for region in task.regions:
-            scores[region.name].append(dice(np.isin(pred, region.classes), np.isin(case.labels, region.classes)))
-        reporter.progress("validate", i + 1, len(cases))
+        rows.append((index, [dice(np.isin(pred, r.classes), np.isin(case.labels, r.classes)) for r in task.regions]))
+        reporter.progress("validate", done + 1, len(shard))
     model.train()
+    if world_size > 1:
+        gathered: list[list[tuple[int, list[float]]] | None] = [None] * world_size
+        torch.distributed.all_gather_object(gathered, rows)
+        rows = sorted(row for part in gathered for row in part or [])
+    scores = {r.name: [values[i] for _, values in rows] for i, r in enumerate(task.regions)}
     result = {f"dice_{name}": float(np.mean(values)) for name, values in scores.items()}
     result["dice_mean"] = float(np.mean(list(result.values())))
     return result
 
 
 class Trainer:
-    """One training run in ``out_dir``: ``config.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt``."""
+    """One training run in ``out_dir``: ``config.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt``.
+
+    Launched by ``torchrun`` (``WORLD_SIZE`` > 1) it is one rank of a DistributedDataParallel run; see
+    ``docs/scaling.md``.
+    """
 
     def __init__(
         self,
@@ -267,13 +313,19 @@ class Trainer:
         out_dir: str | Path,
         reporter: Reporter | None = None,
         stop_requested: Callable[[], bool] | None = None,
+        dist: DistContext | None = None,
     ) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
-        self.reporter = reporter or Reporter("none")
         self.stop_requested = stop_requested or (lambda: False)
+        self.stop_agreed = False  # set by every step: all ranks agreed to stop after it
         self.task = get_task(config.task)
-        self.device = resolve_device(config.device)
+        self._owns_dist = dist is None  # a context passed in is left open for its owner
+        self.dist = dist or init_distributed(config.device)  # joins torchrun's process group, if launched so
+        self.device = self.dist.device
+        self.reporter = (reporter or Reporter("none")) if self.dist.is_main else Reporter("none")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = config.cudnn_benchmark
         self.model_config = ModelConfig(
             **{"in_channels": self.task.num_modalities, "num_classes": self.task.num_classes, **config.model}
         )
@@ -282,7 +334,7 @@ class Trainer:
             or self.model_config.num_classes != self.task.num_classes
         ):
             raise ValueError("model in_channels/num_classes must match the task's modalities/labels")
-        self.prep = PreprocessConfig(image_kind=self.task.image_kind)
+        self.prep = PreprocessConfig.from_dict({"image_kind": self.task.image_kind, **config.preprocess}, strict=True)
         self.curriculum = Curriculum(self.model_config.ldl_stages, config.curriculum, config.ramp_epochs)
         self.regions = region_sizes(self.model_config.ldl_stages)  # 8, 4, 2: the grids of decoder levels 1-3
         self.loss_config = LossConfig(config.lambda_ldl, config.lambda_ce, config.dice)
@@ -292,16 +344,32 @@ class Trainer:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def run(self, resume: bool = False) -> dict[str, Any]:
-        """Train to ``config.epochs`` (continuing from ``last.pt`` with ``resume``); returns a summary."""
-        config, reporter = self.config, self.reporter
+        """Train to ``config.epochs`` (continuing from ``last.pt`` with ``resume``); returns a summary.
+
+        Under ``torchrun`` every rank calls this; only rank 0 writes files and events. A stop request ends the run
+        after the current step with a checkpoint from which ``resume`` continues exactly.
+        """
+        try:
+            return self._run(resume)
+        finally:
+            if self._owns_dist:
+                shutdown(self.dist)
+
+    def _run(self, resume: bool) -> dict[str, Any]:
+        """The body of :meth:`run`."""
+        config, reporter, ctx = self.config, self.reporter, self.dist
         last_path, best_path = self.out_dir / "last.pt", self.out_dir / "best.pt"
         if not resume and last_path.exists():
             raise FileExistsError(f"{self.out_dir} already holds a run (last.pt): use --resume or another --out")
         if resume and not last_path.exists():
             raise FileNotFoundError(f"{last_path} not found: nothing to resume")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        barrier(ctx)  # every rank has checked the run folder before rank 0 writes into it
+        if ctx.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(config.seed)
         model = UNetLDL(self.model_config).to(self.device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
         optimizer = torch.optim.Adam(
             model.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay
         )
@@ -311,8 +379,10 @@ class Trainer:
         if config.max_val_cases is not None:
             val_cases, val_ids = val_cases[: config.max_val_cases], val_ids[: config.max_val_cases]
         pad_value = 0.0 if self.prep.image_kind == "mr" else float(min(c.images.min() for c in train_cases))
-        sampler = PatchSampler(train_cases, self.patch, config.fg_oversample, config.flip_prob, config.seed, pad_value)
-        start_epoch, best, history = 0, -math.inf, []
+        sampler = PatchSampler(
+            train_cases, self.patch, config.fg_oversample, config.flip_prob, config.seed, pad_value, rank=ctx.rank
+        )
+        start_epoch, start_iteration, best, history, partial = 0, 0, -math.inf, [], {}
         if resume:
             saved = load_checkpoint(last_path, map_location=self.device)
             state = saved.training_state
@@ -320,76 +390,110 @@ class Trainer:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
-            sampler.rng.bit_generator.state = json.loads(state["sampler_rng"])
             torch.set_rng_state(state["torch_rng"].cpu())  # loaded onto --device; the CPU RNG needs a CPU tensor
             random.setstate(json_to_random_state(state["python_rng"]))
             start_epoch, best, history = int(state["epoch"]), float(state["best"]), list(state["history"])
-            reporter.log(f"resuming {self.out_dir} at epoch {start_epoch + 1}")
-        else:
+            start_iteration = int(state.get("iteration", 0))
+            partial = self._restore_rank_state(state, sampler, start_epoch, start_iteration)
+            where = f", iteration {start_iteration + 1}" if start_iteration else ""
+            reporter.log(f"resuming {self.out_dir} at epoch {start_epoch + 1}{where}")
+        elif ctx.is_main:
             (self.out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        barrier(ctx)  # every rank has read last.pt before rank 0 may replace it
+        processes = f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""
         reporter.log(
             f"training {self.task.name}: {count_parameters(model):,} parameters, {len(train_cases)} train / "
-            f"{len(val_cases)} validation cases, patch {self.patch}, device {self.device}"
+            f"{len(val_cases)} validation cases, patch {self.patch}, device {self.device}{processes}"
         )
         metrics_log = self.out_dir / "metrics.jsonl"
-        _truncate_log(metrics_log, start_epoch)
-        stopped = False
+        if ctx.is_main:
+            _truncate_log(metrics_log, start_epoch)
+        step_model = self._wrap(model)
+        stopped, stop_iteration = False, 0
+        self.stop_agreed = False
         model.train()
-        for epoch in range(start_epoch, config.epochs):
-            sums: dict[str, float] = {}
-            for iteration in range(config.iters_per_epoch):
-                parts = self._step(model, optimizer, scaler, sampler, epoch + iteration / config.iters_per_epoch)
-                for key, value in parts.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                reporter.progress("train", iteration + 1, config.iters_per_epoch, epoch=epoch + 1, loss=parts["total"])
-            scheduler.step()
-            record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-            record.update({f"loss_{k}": v / config.iters_per_epoch for k, v in sums.items()})
-            is_best = False
-            if val_cases and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-                record.update(
-                    validate(
-                        model,
-                        val_cases,
-                        self.task,
-                        self.patch,
-                        config.val_overlap,
-                        None if self.prep.image_kind == "mr" else "min",
-                        reporter,
+        prefetcher = BatchPrefetcher(sampler, config.batch_size, config.prefetch, self.device.type == "cuda")
+        try:
+            for epoch in range(start_epoch, config.epochs):
+                first = start_iteration if epoch == start_epoch else 0
+                sums: dict[str, float] = dict(partial) if first else {}
+                for iteration in range(first, config.iters_per_epoch):
+                    progress = epoch + iteration / config.iters_per_epoch
+                    parts = self._step(step_model, optimizer, scaler, prefetcher, progress)
+                    for key, value in parts.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                    reporter.progress(
+                        "train", iteration + 1, config.iters_per_epoch, epoch=epoch + 1, loss=parts["total"]
                     )
+                    if self.stop_agreed and iteration + 1 < config.iters_per_epoch:
+                        # a consistent mid-epoch checkpoint: resuming continues with the next step exactly
+                        broadcast_buffers(ctx, model)
+                        training_state = self._training_state(
+                            optimizer, scheduler, scaler, prefetcher, epoch, iteration + 1, sums, best, history
+                        )
+                        if ctx.is_main:
+                            record = history[-1] if history else {}
+                            provenance = self._provenance(epoch, record, train_ids, val_ids)
+                            save_checkpoint(self._checkpoint(model, provenance, training_state), last_path)
+                        reporter.log(
+                            f"stopped at epoch {epoch + 1}, iteration {iteration + 1}/{config.iters_per_epoch}; "
+                            "continue with --resume"
+                        )
+                        stopped, stop_iteration = True, iteration + 1
+                        break
+                if stopped:
+                    break
+                scheduler.step()
+                broadcast_buffers(ctx, model)  # rank 0's BatchNorm statistics for validation and the checkpoint
+                record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+                losses = mean_over_ranks(ctx, {k: v / config.iters_per_epoch for k, v in sums.items()})
+                record.update({f"loss_{k}": v for k, v in losses.items()})
+                is_best = False
+                if val_cases and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
+                    record.update(
+                        validate(
+                            model,
+                            val_cases,
+                            self.task,
+                            self.patch,
+                            config.val_overlap,
+                            None if self.prep.image_kind == "mr" else "min",
+                            reporter,
+                            rank=ctx.rank,
+                            world_size=ctx.world_size,
+                        )
+                    )
+                    is_best = record["dice_mean"] > best
+                    best = max(best, record["dice_mean"])
+                history.append(record)
+                training_state = self._training_state(
+                    optimizer, scheduler, scaler, prefetcher, epoch + 1, 0, {}, best, history
                 )
-                is_best = record["dice_mean"] > best
-                best = max(best, record["dice_mean"])
-            history.append(record)
-            with metrics_log.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            reporter.emit("metrics", stage="epoch", **record)
-            training_state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "sampler_rng": json.dumps(sampler.rng.bit_generator.state),
-                "torch_rng": torch.get_rng_state(),
-                "python_rng": random_state_to_json(random.getstate()),
-                "epoch": epoch + 1,
-                "best": best,
-                "history": history,
-            }
-            provenance = self._provenance(epoch + 1, record, train_ids, val_ids)
-            save_checkpoint(self._checkpoint(model, provenance, training_state), last_path)
-            if is_best:
-                save_checkpoint(self._checkpoint(model, provenance, None), best_path)
-            if self.stop_requested():
-                reporter.log(f"stopped after epoch {epoch + 1}; continue with --resume")
-                stopped = True
-                break
-        if not best_path.exists():
+                if ctx.enabled:
+                    check_in_sync(ctx, model)
+                if ctx.is_main:
+                    with metrics_log.open("a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    reporter.emit("metrics", stage="epoch", **record)
+                    provenance = self._provenance(epoch + 1, record, train_ids, val_ids)
+                    save_checkpoint(self._checkpoint(model, provenance, training_state), last_path)
+                    if is_best:
+                        save_checkpoint(self._checkpoint(model, provenance, None), best_path)
+                if any_rank(ctx, [self.stop_agreed or self.stop_requested()])[0]:
+                    reporter.log(f"stopped after epoch {epoch + 1}; continue with --resume")
+                    stopped = True
+                    break
+        finally:
+            prefetcher.close()
+        digest = check_in_sync(ctx, model)
+        if ctx.is_main and not best_path.exists():
             save_checkpoint(
                 self._checkpoint(
                     model, self._provenance(len(history), history[-1] if history else {}, train_ids, val_ids), None
                 ),
                 best_path,
             )
+        barrier(ctx)  # no rank returns before rank 0 has written everything
         summary = {
             "out_dir": str(self.out_dir),
             "best": str(best_path),
@@ -397,22 +501,87 @@ class Trainer:
             "epochs": len(history),
             "best_dice_mean": best if math.isfinite(best) else None,
             "stopped": stopped,
+            "stopped_at_iteration": stop_iteration,
+            "world_size": ctx.world_size,
+            "weights_sha256": digest,
             "history": history,
         }
         reporter.emit("result", **{k: v for k, v in summary.items() if k != "history"})
         return summary
 
+    def _wrap(self, model: UNetLDL) -> torch.nn.Module:
+        """The module the training steps call: DistributedDataParallel across ranks, compiled if asked."""
+        wrapped: torch.nn.Module = model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            wrapped = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if self.config.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    def _training_state(
+        self,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler,
+        prefetcher: BatchPrefetcher,
+        epoch: int,
+        iteration: int,
+        partial_sums: dict[str, float],
+        best: float,
+        history: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Everything exact resume needs after ``epoch`` epochs and ``iteration`` steps (a collective call)."""
+        mine = {"sampler_rng": json.dumps(prefetcher.rng_state()), "partial_sums": dict(partial_sums)}
+        rank_states = all_gather_objects(self.dist, mine)
+        return {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "sampler_rng": rank_states[0]["sampler_rng"],
+            "rank_states": rank_states,
+            "world_size": self.dist.world_size,
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random_state_to_json(random.getstate()),
+            "epoch": epoch,
+            "iteration": iteration,
+            "best": best,
+            "history": history,
+        }
+
+    def _restore_rank_state(
+        self, state: dict[str, Any], sampler: PatchSampler, epoch: int, iteration: int
+    ) -> dict[str, float]:
+        """Put this rank's sampler RNG back; returns its partial loss sums of an interrupted epoch."""
+        ranks = state.get("rank_states") or [{"sampler_rng": state["sampler_rng"], "partial_sums": {}}]
+        rank, world = self.dist.rank, self.dist.world_size
+        if len(ranks) != world:
+            self.reporter.log(
+                f"the run was saved by {len(ranks)} process(es) and resumes with {world}: it continues, but not "
+                "bit-identically to an uninterrupted run"
+            )
+        if rank >= len(ranks):
+            sampler.rng = np.random.default_rng([self.config.seed, rank, epoch, iteration])
+            return {}
+        sampler.rng.bit_generator.state = json.loads(ranks[rank]["sampler_rng"])
+        return {k: float(v) for k, v in (ranks[rank].get("partial_sums") or {}).items()}
+
     def _step(
         self,
-        model: UNetLDL,
+        model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         scaler: torch.amp.GradScaler,
-        sampler: PatchSampler,
+        sampler: PatchSampler | BatchPrefetcher,
         progress: float,
     ) -> dict[str, float]:
-        """One optimisation step; returns the loss parts as floats."""
+        """One optimisation step (on every rank); returns the loss parts as floats and sets ``stop_agreed``."""
         x, y = sampler.sample(self.config.batch_size)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.no_grad():
             targets = rldl_targets(y, self.task.num_classes, self.regions)
         stage_weights, seg_weight = self.curriculum.weights(progress)
@@ -422,8 +591,15 @@ class Trainer:
         ):
             output = model(x)
             loss, parts = cldl_loss(output, y, targets, self.loss_config, stage_weights, seg_weight)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} (check the data and lower the learning rate)")
+        finite = bool(torch.isfinite(loss))
+        # one small all-reduce: every rank raises together, and every rank stops after the same step
+        not_finite, self.stop_agreed = any_rank(self.dist, [not finite, self.stop_requested()])
+        if not_finite:
+            where = "" if not finite else " on another rank"
+            raise FloatingPointError(
+                f"the loss became {loss.item() if not finite else 'NaN/Inf'}{where} "
+                "(check the data and lower the learning rate)"
+            )
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -450,6 +626,7 @@ class Trainer:
         return {
             "seed": self.config.seed,
             "epoch": epoch,
+            "world_size": self.dist.world_size,
             "metrics": record,
             "config": self.config.to_dict(),
             "train_cases": train_ids,

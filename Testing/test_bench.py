@@ -1,0 +1,71 @@
+"""The benchmarks run with one command each and print their figures and command line (quick modes, no timing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+
+def _run(args: list[str], timeout: int = 240) -> str:
+    """Run a benchmark command from the repository root; returns its stdout."""
+    env = {**os.environ, "PYTHON": sys.executable}
+    process = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-4000:]
+    assert process.stdout.startswith("command: ")
+    assert "machine: " in process.stdout
+    return process.stdout
+
+
+def test_gpu_script_on_cpu_quick(tmp_path: Path) -> None:
+    out = _run(["bash", str(BENCH / "gpu.sh"), "--device", "cpu", "--quick", "--json", str(tmp_path / "g.json")])
+    assert "summary: train" in out and "s/volume" in out
+    figures = json.loads((tmp_path / "g.json").read_text())
+    assert {(r["kind"], r["channels_last"]) for r in figures["train"]} == {
+        (k, c) for k in ("trainer", "plain") for c in (False, True)
+    }
+    assert all(r["it_per_s"] > 0 for r in figures["train"])
+    assert [r["overlap"] for r in figures["inference"]] == [0.25, 0.5]
+    assert figures["inference"][0]["windows"] <= figures["inference"][1]["windows"]
+
+
+def test_training_throughput_quick(tmp_path: Path) -> None:
+    json_path = tmp_path / "t.json"
+    out = _run(
+        [sys.executable, str(BENCH / "training_throughput.py"), "--quick", "--repeats", "1", "--json", str(json_path)]
+    )
+    assert "Trainer / plain" in out
+    figures = json.loads(json_path.read_text())
+    assert figures["best_it_per_s"]["ours"] > 0 and figures["best_it_per_s"]["plain"] > 0
+    assert figures["runs"]["ours"][0]["peak_rss_mb"] > 0
+
+
+def test_ddp_benchmark_quick(tmp_path: Path) -> None:
+    json_path = tmp_path / "d.json"
+    out = _run([sys.executable, str(BENCH / "ddp_cpu.py"), "--quick", "--json", str(json_path)])
+    assert "2 process(es) x 1 thread(s)" in out
+    figures = json.loads(json_path.read_text())
+    assert figures["runs"]["2"][0]["world_size"] == 2 and figures["runs"]["1"][0]["world_size"] == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("monai") is None, reason="needs monai (pip install -e .[bench])")
+def test_inference_vs_monai_quick(tmp_path: Path) -> None:
+    json_path = tmp_path / "i.json"
+    out = _run([sys.executable, str(BENCH / "inference_vs_monai.py"), "--quick", "--json", str(json_path)])
+    assert "speed-up (MONAI / ours" in out
+    figures = json.loads(json_path.read_text())
+    assert figures["runs"]["ours"][0]["windows"] < figures["runs"]["monai"][0]["windows"]  # the crop skips windows
+    assert 0 <= figures["label_agreement_in_head"] <= 1
+
+
+def test_overlap_benchmark_quick() -> None:
+    out = _run([sys.executable, str(BENCH / "overlap.py"), "--cases", "1", "--overlaps", "0.25,0.5"])
+    assert "mean Dice, overlap 0.25 minus 0.5" in out

@@ -1,0 +1,169 @@
+"""The GPU benchmark behind ``benchmarks/gpu.sh``: training it/s at 128^3 with AMP, inference s/volume, peak memory.
+
+Training: the Trainer (phantom data, prefetch thread) and a plain loop on a fixed batch, full network (21.7 M
+parameters), patch 128^3, batch 1, AMP (bf16 where supported), with and without channels-last 3D. Inference: the
+Predictor on a BraTS-sized phantom (4 x 155 x 240 x 240, random weights, 128^3 window) at overlap 0.25 and 0.5,
+seconds per volume after one warm-up volume. Peak GPU memory is torch's peak allocation per part.
+``--device cpu --quick`` runs the same code with a tiny network and phantom (the CI test).
+
+Run: benchmarks/gpu.sh [--device cuda] [--quick] [--compile] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _common import command_line, machine_summary, peak_rss_mb
+from training_throughput import run_ours, run_plain
+
+from cldl.checkpoint import Checkpoint
+from cldl.data.phantoms import brats_phantom
+from cldl.data.preprocess import PreprocessConfig
+from cldl.infer import Predictor, resolve_device
+from cldl.model import ModelConfig, UNetLDL, count_parameters
+from cldl.tasks import BRATS
+
+
+def _reset_peak(device: torch.device) -> None:
+    """Start a new peak-memory measurement."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gb(device: torch.device) -> float:
+    """Peak GPU allocation since the last reset (GB), or this process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return peak_rss_mb() / 1024
+
+
+def train_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    """Trainer and plain loop, with and without channels-last."""
+    rows = []
+    for channels_last in (False, True):
+        for kind, runner in (("trainer", run_ours), ("plain", run_plain)):
+            options = argparse.Namespace(
+                device=str(device.type),
+                patch=args.patch,
+                width=args.width,
+                batch=1,
+                steps=args.steps,
+                warmup=args.warmup,
+                prefetch=2,
+                channels_last=channels_last,
+                compile=args.compile,
+                no_amp=False,
+            )
+            _reset_peak(device)
+            figures = runner(options)
+            rows.append(
+                {
+                    "kind": kind,
+                    "channels_last": channels_last,
+                    "it_per_s": figures["it_per_s"],
+                    "peak_gb": _peak_gb(device),
+                }
+            )
+            print(
+                f"  train {kind:7} channels-last {str(channels_last):5}: {figures['it_per_s']:.3f} it/s, "
+                f"peak {'GPU' if device.type == 'cuda' else 'RSS'} {rows[-1]['peak_gb']:.2f} GB",
+                flush=True,
+            )
+    return rows
+
+
+def infer_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    """Seconds per BraTS-sized volume at two overlaps (after a warm-up volume)."""
+    torch.manual_seed(0)
+    model = UNetLDL(ModelConfig(base_width=args.width))
+    checkpoint = Checkpoint(
+        model_config=model.config,
+        task=BRATS,
+        preprocess=PreprocessConfig(image_kind="mr"),
+        patch_size=(args.window,) * 3,
+        state_dict={k: v.clone() for k, v in model.state_dict().items()},
+    )
+    images = brats_phantom(5, shape=tuple(args.volume)).images
+    rows = []
+    for overlap in (0.25, 0.5):
+        predictor = Predictor(checkpoint, device=str(device), overlap=overlap)
+        predictor.predict(images)  # warm-up: cuDNN autotuning, allocator
+        _reset_peak(device)
+        calls: list[int] = []
+        times = []
+        for _ in range(args.infer_repeats):
+            started = time.perf_counter()
+            predictor.predict(images, progress=lambda done, total, seen=calls: seen.append(total))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - started)
+        rows.append(
+            {
+                "overlap": overlap,
+                "seconds_per_volume": min(times),
+                "runs": times,
+                "windows": calls[-1],
+                "window_batch": predictor.window_batch,
+                "peak_gb": _peak_gb(device),
+            }
+        )
+        print(
+            f"  inference overlap {overlap}: {min(times):.2f} s/volume (runs {', '.join(f'{t:.2f}' for t in times)}), "
+            f"{calls[-1]} windows, batch {predictor.window_batch}, peak "
+            f"{'GPU' if device.type == 'cuda' else 'RSS'} {rows[-1]['peak_gb']:.2f} GB",
+            flush=True,
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both parts and print a summary."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu", "auto"))
+    parser.add_argument("--quick", action="store_true", help="tiny network and phantoms (seconds; CI on CPU)")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile the training network")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    if args.quick:
+        args.width, args.patch, args.window, args.volume = 4, 32, 32, (40, 64, 56)
+        args.steps, args.warmup, args.infer_repeats = 3, 1, 1
+    else:
+        args.width, args.patch, args.window, args.volume = 30, 128, 128, (155, 240, 240)
+        args.warmup, args.infer_repeats = 5, 3
+    started = time.perf_counter()
+    print(f"command: {command_line()}")
+    print(f"machine: {machine_summary()}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    parameters = count_parameters(UNetLDL(ModelConfig(base_width=args.width)))
+    print(f"device: {name}; network {parameters:,} parameters; patch/window {args.patch}^3", flush=True)
+    figures: dict[str, Any] = {"command": command_line(), "machine": machine_summary(), "device": name}
+    figures["date"] = time.strftime("%Y-%m-%d")
+    figures["train"] = train_part(args, device)
+    figures["inference"] = infer_part(args, device)
+    best_train = max(r["it_per_s"] for r in figures["train"] if r["kind"] == "trainer")
+    best_infer = min(r["seconds_per_volume"] for r in figures["inference"])
+    peak = max(r["peak_gb"] for r in figures["train"] + figures["inference"])
+    figures["seconds"] = time.perf_counter() - started
+    print(
+        f"summary: train {best_train:.3f} it/s at {args.patch}^3 (AMP {device.type == 'cuda'}); inference "
+        f"{best_infer:.2f} s/volume (4 x {' x '.join(map(str, args.volume))}); peak memory {peak:.2f} GB; "
+        f"{figures['seconds']:.0f} s in all"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2, default=float))
+    return 0 if np.isfinite(best_train) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
