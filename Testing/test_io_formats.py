@@ -310,3 +310,15 @@ def test_resample_identity_and_overlap() -> None:
     assert overlap_fraction(far, OBLIQUE) == 0.0
     shifted = Geometry(OBLIQUE.size, OBLIQUE.spacing, OBLIQUE.index_to_physical([6.0, 0, 0]), OBLIQUE.direction)
     assert 0.3 < overlap_fraction(shifted, OBLIQUE) < 0.7
+
+
+def test_nan_voxels_in_a_nifti_file_are_refused(tmp_path: Path) -> None:
+    """SimpleITK 2.5 reads NaN in NIfTI as 0; the raw data is checked so the NaN is still reported."""
+    data = np.ones((6, 7, 8), np.float32)
+    data[2, 3, 4] = np.nan
+    data[1, 1, 1] = np.inf
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "bad.nii.gz"))
+    with pytest.raises(ImageError, match="2 NaN/Inf voxels"):
+        read_image(tmp_path / "bad.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((6, 7, 8), np.float32), np.eye(4)), str(tmp_path / "good.nii.gz"))
+    assert read_image(tmp_path / "good.nii.gz")[0].shape == (8, 7, 6)

@@ -262,11 +262,26 @@ def _check_3d(path: str | Path, image: sitk.Image) -> None:
         raise ImageError(f"{path}: is a single slice (size {'x'.join(map(str, size))}); a 3D volume is needed")
 
 
+def _nifti_non_finite(path: str | Path) -> int:
+    """NaN/Inf voxels of a floating-point NIfTI file, counted on the raw data (ITK 5 reads them as 0)."""
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    if not np.issubdtype(image.get_data_dtype(), np.floating):
+        return 0
+    data = np.asanyarray(image.dataobj)
+    return int(data.size - np.count_nonzero(np.isfinite(data)))
+
+
 def read_channels(path: str | Path, dtype: type | None = None) -> tuple[np.ndarray, Geometry]:
     """Read an image as channels ``(C, z, y, x)`` and its 3D geometry: C = 1 for a 3D image, C = the 4th size of a
     4D image (MSD style) or the number of components of a vector image."""
     image = _read_sitk(path)
     _check_3d(path, image)
+    if Path(path).is_file() and is_nifti(path) and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        bad = _nifti_non_finite(path)
+        if bad:
+            raise ImageError(f"{path}: has {bad} NaN/Inf voxels; fix or mask them before using the image")
     array = sitk.GetArrayFromImage(image)
     if image.GetDimension() == 4:
         if image.GetNumberOfComponentsPerPixel() != 1:
