@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -56,7 +53,6 @@ def test_ddp_benchmark_quick(tmp_path: Path) -> None:
     assert figures["runs"]["2"][0]["world_size"] == 2 and figures["runs"]["1"][0]["world_size"] == 1
 
 
-@pytest.mark.skipif(importlib.util.find_spec("monai") is None, reason="needs monai (pip install -e .[bench])")
 def test_inference_vs_monai_quick(tmp_path: Path) -> None:
     json_path = tmp_path / "i.json"
     out = _run([sys.executable, str(BENCH / "inference_vs_monai.py"), "--quick", "--json", str(json_path)])

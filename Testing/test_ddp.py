@@ -17,17 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-import torch
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PHANTOMS = {"train_seeds": [0, 2], "val_seeds": [10_000, 10_003], "shape": [32, 32, 32]}
 ITERS = 3
-
-pytestmark = pytest.mark.skipif(
-    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo"
-)
 
 
 def _config(**overrides):
@@ -68,7 +61,7 @@ def _worker(out: str, results: str, epochs: int, stop_call: int) -> None:
     writes: list[str] = []
     original = train_module.save_checkpoint
 
-    def recording(checkpoint, path):  # noqa: ANN001, ANN202
+    def recording(checkpoint: object, path: Path) -> Path:
         writes.append(Path(path).name)
         return original(checkpoint, path)
 
@@ -148,7 +141,6 @@ def test_two_ranks_identical_weights_one_writer_and_exact_resume(tmp_path: Path)
     assert any(e["event"] == "log" and "epoch 2, iteration 2" in e.get("message", "") for e in events)
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the workers through /proc")
 def test_sigusr1_to_one_worker_stops_every_rank_with_a_consistent_checkpoint(tmp_path: Path) -> None:
     from conftest import tiny_config
 

@@ -20,8 +20,10 @@ RESULT_PREFIX = "BENCH_RESULT "
 
 
 def command_line() -> str:
-    """The command that started this benchmark, as one could retype it."""
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    """The command that started this benchmark, as one could retype it (a wrapper script may set it)."""
+    return os.environ.get("CLDL_BENCH_COMMAND") or " ".join(
+        shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]
+    )
 
 
 def cpu_model() -> str:

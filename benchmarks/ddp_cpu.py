@@ -37,6 +37,7 @@ def run(processes: int, args: argparse.Namespace, folder: Path) -> dict:
         "seed": 0,
         "cache": None,
     }
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"config{processes}.json"
     path.write_text(json.dumps(config))
     cores = os.cpu_count() or 1

@@ -12,4 +12,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON=python3
-exec "$PYTHON" benchmarks/gpu_bench.py "$@"
+CLDL_BENCH_COMMAND="benchmarks/gpu.sh $*" exec "$PYTHON" benchmarks/gpu_bench.py "$@"

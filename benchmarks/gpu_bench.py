@@ -40,7 +40,7 @@ def _reset_peak(device: torch.device) -> None:
 
 
 def _peak_gb(device: torch.device) -> float:
-    """Peak GPU allocation since the last reset (GB), or this process's peak RSS on CPU."""
+    """Peak GPU allocation since the last reset (GiB), or this process's peak RSS on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return peak_rss_mb() / 1024
@@ -75,7 +75,7 @@ def train_part(args: argparse.Namespace, device: torch.device) -> list[dict[str,
             )
             print(
                 f"  train {kind:7} channels-last {str(channels_last):5}: {figures['it_per_s']:.3f} it/s, "
-                f"peak {'GPU' if device.type == 'cuda' else 'RSS'} {rows[-1]['peak_gb']:.2f} GB",
+                f"peak {'GPU' if device.type == 'cuda' else 'RSS'} {rows[-1]['peak_gb']:.2f} GiB",
                 flush=True,
             )
     return rows
@@ -119,7 +119,7 @@ def infer_part(args: argparse.Namespace, device: torch.device) -> list[dict[str,
         print(
             f"  inference overlap {overlap}: {min(times):.2f} s/volume (runs {', '.join(f'{t:.2f}' for t in times)}), "
             f"{calls[-1]} windows, batch {predictor.window_batch}, peak "
-            f"{'GPU' if device.type == 'cuda' else 'RSS'} {rows[-1]['peak_gb']:.2f} GB",
+            f"{'GPU' if device.type == 'cuda' else 'RSS'} {rows[-1]['peak_gb']:.2f} GiB",
             flush=True,
         )
     return rows
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     figures["seconds"] = time.perf_counter() - started
     print(
         f"summary: train {best_train:.3f} it/s at {args.patch}^3 (AMP {device.type == 'cuda'}); inference "
-        f"{best_infer:.2f} s/volume (4 x {' x '.join(map(str, args.volume))}); peak memory {peak:.2f} GB; "
+        f"{best_infer:.2f} s/volume (4 x {' x '.join(map(str, args.volume))}); peak memory {peak:.2f} GiB; "
         f"{figures['seconds']:.0f} s in all"
     )
     if args.json:

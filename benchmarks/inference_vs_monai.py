@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         peak = max(r["peak_rss_mb"] for r in runs[kind])
         print(
             f"  {label:32} {best[kind]:7.1f} s (runs: {times}; CPU s: {cpu_times}); {last['windows']} windows, "
-            f"batch {last['window_batch']}; peak RSS {peak / 1024:.2f} GB"
+            f"batch {last['window_batch']}; peak RSS {peak / 1024:.2f} GiB"
         )
     print(
         f"  speed-up (MONAI / ours, fastest runs): {figures['speedup']:.2f}x wall time, "

@@ -5,7 +5,7 @@ trained on 96^3 phantoms with 64^3 patches). At its own 64^3 window a 96^3 phant
 windows per axis whatever the overlap, so the measurement uses a 48^3 window: head/window ~1.6, the same ratio
 as a BraTS head crop (~125 x 207 x 197) to the full network's 128^3 window. Every overlap sees the same cases.
 
-Run: .venv/bin/python benchmarks/overlap.py [--cases 20] [--window 48] [--overlaps 0,0.25,0.5,0.625,0.75]
+Run: .venv/bin/python benchmarks/overlap.py [--cases 12] [--window 48] [--overlaps 0,0.25,0.5,0.625,0.75]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     """Print mean Dice per region and seconds per case for each overlap."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model name or checkpoint (default: the bundled demo model)")
-    parser.add_argument("--cases", type=int, default=20)
+    parser.add_argument("--cases", type=int, default=12)
     parser.add_argument("--first-seed", type=int, default=20_000)
     parser.add_argument("--shape", type=int, nargs=3, default=[96, 96, 96])
     parser.add_argument("--window", type=int, default=48, help="cubic window edge (multiple of 16)")

@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         rates = ", ".join(f"{r['it_per_s']:.3f}" for r in runs[kind])
         peak = max(r["peak_rss_mb"] for r in runs[kind])
         gpu = max((r.get("peak_gpu_allocated_mb", 0.0) for r in runs[kind]), default=0.0)
-        gpu_text = f", peak GPU memory {gpu / 1024:.2f} GB" if gpu else ""
-        print(f"  {label:28} {best[kind]:8.3f} it/s (runs: {rates}); peak RSS {peak / 1024:.2f} GB{gpu_text}")
+        gpu_text = f", peak GPU memory {gpu / 1024:.2f} GiB" if gpu else ""
+        print(f"  {label:28} {best[kind]:8.3f} it/s (runs: {rates}); peak RSS {peak / 1024:.2f} GiB{gpu_text}")
     sampler = runs["ours"][-1]["sampler_ms_per_batch"]
     print(f"  Trainer / plain: {figures['ratio_ours_to_plain']:.3f}; patch sampler alone: {sampler:.1f} ms per batch")
     if args.json:

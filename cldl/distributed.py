@@ -191,9 +191,11 @@ class StopSignals:
         self._previous.clear()
 
     def __enter__(self) -> StopSignals:
+        """Install the handlers."""
         return self.install()
 
     def __exit__(self, *exc: object) -> None:
+        """Restore the previous handlers."""
         self.restore()
 
     def _handle(self, number: int, frame: FrameType | None) -> None:

@@ -83,9 +83,11 @@ class BatchPrefetcher:
             self._thread = None
 
     def __enter__(self) -> BatchPrefetcher:
+        """Use as a context manager: the thread stops on exit."""
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stop the thread."""
         self.close()
 
     def _produce(self) -> None:
