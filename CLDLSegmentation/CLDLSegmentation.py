@@ -73,7 +73,7 @@ class CLDLSegmentationParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     device: DeviceChoice = DeviceChoice.AUTO
     tta: bool = False
-    overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.5
+    overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.25  # the engine default, chosen by benchmarks/overlap.py
     uncertaintyMap: UncertaintyMapChoice = UncertaintyMapChoice.ENTROPY
     keepProbabilities: bool = False
     overlayVolume: vtkMRMLScalarVolumeNode

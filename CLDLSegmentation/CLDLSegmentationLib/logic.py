@@ -70,7 +70,7 @@ class SegmentationOptions:
 
     device: str = "auto"
     tta: bool = False
-    overlap: float = 0.5
+    overlap: float = 0.25
     uncertaintyMap: str = "entropy"
     keepProbabilities: bool = False
 
@@ -278,7 +278,7 @@ class SegmentationLogic:
         """Segment ``inputs`` (one volume node per modality, in the model's order, or ``{modality: node}``).
 
         Options come as ``options=SegmentationOptions(...)`` or keywords (``device="cpu", tta=True,
-        overlap=0.5, uncertaintyMap="entropy", keepProbabilities=True``). ``wait=True`` blocks and returns the
+        overlap=0.25, uncertaintyMap="entropy", keepProbabilities=True``). ``wait=True`` blocks and returns the
         :class:`SegmentationResult` (raising on failure); otherwise a running :class:`SegmentationJob`.
         """
         options = options or SegmentationOptions(**optionValues)

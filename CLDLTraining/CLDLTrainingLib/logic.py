@@ -205,7 +205,7 @@ class TrainingHandle:
         return self
 
     def stop(self, force: bool = False) -> None:
-        """End the run: a stop request (SIGTERM; the last finished epoch stays in ``last.pt`` for resuming),
+        """End the run: a stop request (SIGTERM; the engine checkpoints the current step into ``last.pt`` for resuming),
         or, with ``force`` (or a second call), kill the whole process tree."""
         if self.status != "running":
             return
