@@ -110,7 +110,7 @@ def test_pickled_objects_are_refused_not_executed(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a loadable CLDL checkpoint"):
         load_checkpoint(path)
     assert not marker.exists()
-    # the payload is real: an unsafe load would have run it
+    # the payload is real: an unsafe load (deliberate, of this test's own file) runs it
     torch.load(path, weights_only=False)
     assert marker.read_text() == "executed"
 
