@@ -24,7 +24,6 @@ from CLDLSegmentationLib.process import (
     JsonLinesProcess,
     ProcessError,
     engineEnvironment,
-    engineRoot,
     pythonExecutable,
     schedulePolling,
 )
@@ -103,9 +102,10 @@ def buildConfig(
 
 
 def engineSupportsDistributed() -> bool:
-    """Whether the shipped engine can train with torch.distributed (checked in its source, without torch)."""
-    root = engineRoot() / "cldl"
-    return any("init_process_group" in path.read_text(errors="ignore") for path in root.rglob("*.py"))
+    """Whether the shipped engine can train with torch.distributed (``cldl.SUPPORTS_DISTRIBUTED``; no torch import)."""
+    import cldl
+
+    return bool(getattr(cldl, "SUPPORTS_DISTRIBUTED", False))
 
 
 def trainCommand(
