@@ -174,3 +174,41 @@ def test_schedule_polling_until_done() -> None:
         assert ms == 50
         fn()
     assert len(calls) == 3
+
+
+def test_request_stop_reaches_the_engine_behind_a_launcher(tmp_path: Path) -> None:
+    """Inside Slicer the started process is PythonSlicer, a launcher that runs the real Python as a child with the
+    same stdout and forwards no signal. A stop request must reach that child: it checkpoints and says so."""
+    engine = _script(
+        tmp_path,
+        "engine.py",
+        """
+        import json, signal, sys, time
+        def stop(*args):
+            print(json.dumps({"event": "result", "stopped": True}), flush=True)
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+        while True:
+            print(json.dumps({"event": "progress", "stage": "train", "done": 1, "total": 2}), flush=True)
+            time.sleep(0.1)
+        """,
+    )
+    launcher = _script(
+        tmp_path,
+        "launcher.py",
+        """
+        import subprocess, sys
+        sys.exit(subprocess.call(sys.argv[1:]))  # inherited stdout; no signal handling, nothing forwarded
+        """,
+    )
+    process = JsonLinesProcess([sys.executable, str(launcher), sys.executable, str(engine)]).start()
+    try:
+        deadline = time.monotonic() + 30
+        while not process.events and time.monotonic() < deadline:
+            process.poll()
+            time.sleep(0.05)
+        process.requestStop()
+        process.wait(timeout=20)
+        assert process.result() == {"event": "result", "stopped": True}
+    finally:
+        process.cancel()

@@ -290,17 +290,25 @@ class JsonLinesProcess:
             time.sleep(interval)
         return self.process.returncode
 
-    def requestStop(self) -> None:
-        """Ask the process to stop by itself (SIGTERM to the engine's main process; a hard stop on Windows)."""
+    def requestStop(self, signalName: str = "SIGTERM") -> None:
+        """Ask the engine to stop by itself: ``signalName`` to the whole process group (a hard stop on Windows).
+
+        The group, not the started process: inside Slicer that process is ``PythonSlicer``, a launcher that runs
+        the real Python as a child and forwards no signal. The engine finishes its step, checkpoints and exits;
+        the launcher simply dies.
+        """
         if self.process is None or self.process.poll() is not None:
             return
         if os.name == "nt":
             self.cancel()
             return
+        number = getattr(signal, signalName)
         try:
-            self.process.send_signal(signal.SIGTERM)
+            os.killpg(self.process.pid, number)  # start() made the process the leader of a new session/group
         except ProcessLookupError:
             pass
+        except PermissionError:  # not our group (should not happen): at least the process itself
+            self.process.send_signal(number)
 
     def cancel(self) -> None:
         """Kill the process and every process it started."""

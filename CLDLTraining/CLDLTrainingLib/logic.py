@@ -205,14 +205,17 @@ class TrainingHandle:
         return self
 
     def stop(self, force: bool = False) -> None:
-        """End the run: a stop request (SIGTERM; the engine checkpoints the current step into ``last.pt`` for resuming),
-        or, with ``force`` (or a second call), kill the whole process tree."""
+        """End the run: a stop request to the engine's process group (it checkpoints the current step into
+        ``last.pt`` for resuming), or, with ``force`` (or a second call), kill the whole process tree.
+
+        SIGTERM for one process; SIGUSR1 under ``torchrun``, whose agent would forward a second SIGTERM (the
+        engine's "kill now") while SIGUSR1 reaches each worker once and simply ends the agent."""
         if self.status != "running":
             return
         if force or self.stopRequested:
             self.process.cancel()
         else:
-            self.process.requestStop()
+            self.process.requestStop("SIGUSR1" if "torch.distributed.run" in self.process.command else "SIGTERM")
         self.stopRequested = True
         self._log("stop requested" + (" (killing the process tree)" if force else ""))
 
