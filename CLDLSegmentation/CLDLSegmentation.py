@@ -270,7 +270,7 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job.cancel()
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
-            ensureDependencies(self.resourcePath("requirements.txt"), requester="CLDL")
+            ensureDependencies(requester="CLDL")
             self._updateDeviceInfo()
             p = self._parameterNode
             self.logic.overlaySettings = OverlaySettings(p.overlayOpacity, p.transparentBelow, p.showLegend)

@@ -201,7 +201,7 @@ class CLDLTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _startRun(self, resume: bool) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to start training."), waitCursor=True):
-            ensureDependencies(self.resourcePath("requirements.txt"), requester="CLDL")
+            ensureDependencies(requester="CLDL")
             self.ui.logTextEdit.clear()
             common = dict(
                 gpus=p.gpus,

@@ -96,7 +96,7 @@ def test_module_files_are_listed_and_exist(module: str) -> None:
     assert not [s for s in scripts if not (folder / s).is_file()], "listed scripts that do not exist"
     on_disk = {p.relative_to(folder).as_posix() for p in (folder / "Resources").rglob("*") if p.is_file()}
     assert on_disk == resources, f"Resources/ and MODULE_PYTHON_RESOURCES differ: {sorted(on_disk ^ resources)}"
-    for required in (f"Resources/UI/{module}.ui", f"Resources/Icons/{module}.png", "Resources/requirements.txt"):
+    for required in (f"Resources/UI/{module}.ui", f"Resources/Icons/{module}.png"):
         assert required in resources
     source = (folder / f"{module}.py").read_text()
     for used in re.findall(r'resourcePath\(\s*"([^"]+)"\s*\)', source):
@@ -221,18 +221,29 @@ def test_module_metadata_matches_the_extension(module: str) -> None:
     assert cmake["EXTENSION_HOMEPAGE"].startswith(homepage)
 
 
+def test_no_two_modules_install_the_same_resource() -> None:
+    """slicerMacroBuildScriptedModule copies every module's Resources/ into one qt-scripted-modules/Resources/
+    folder: two modules listing the same file give two build rules for one output (Ninja: "multiple rules
+    generate"). Both modules therefore share one requirements.txt, installed by CLDLSegmentation."""
+    seen: dict[str, str] = {}
+    for module in MODULES:
+        for resource in _cmake_sets(ROOT / module / "CMakeLists.txt")["MODULE_PYTHON_RESOURCES"]:
+            assert resource not in seen, f"{resource} is installed by both {seen[resource]} and {module}"
+            seen[resource] = module
+    from CLDLSegmentationLib.dependencies import requirementsPath
+
+    assert requirementsPath() == ROOT / "CLDLSegmentation" / "Resources" / "requirements.txt"
+
+
 def test_requirements_are_engine_dependencies_slicer_does_not_ship() -> None:
     """What the modules pip-install on first use is a subset of the engine's dependencies, never torch, numpy,
-    SimpleITK or VTK (the PyTorch extension and Slicer own those); both modules ask for the same."""
+    SimpleITK or VTK (the PyTorch extension and Slicer own those)."""
     import tomllib
-    from CLDLSegmentationLib.dependencies import SKIPPED_PACKAGES, loadRequirements, requirementName
+    from CLDLSegmentationLib.dependencies import SKIPPED_PACKAGES, loadRequirements, requirementName, requirementsPath
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     engine = {requirementName(r).lower() for r in pyproject["project"]["dependencies"]}
-    files = [ROOT / m / "Resources" / "requirements.txt" for m in MODULES]
-    lists = [loadRequirements(f) for f in files]
-    assert lists[0] == lists[1]
-    names = {requirementName(r).lower() for r in lists[0]}
+    names = {requirementName(r).lower() for r in loadRequirements(requirementsPath())}
     assert names <= engine
     assert not names & {s.lower() for s in SKIPPED_PACKAGES}
     tests = {requirementName(r).lower() for r in pyproject["project"]["optional-dependencies"]["test"]}

@@ -23,6 +23,12 @@ class DependencyError(RuntimeError):
     """A dependency that is missing and was not (or could not be) installed, with what to do about it."""
 
 
+def requirementsPath() -> Path:
+    """The one ``requirements.txt`` of both modules (``Resources/`` next to this package, in the source tree and
+    in the installed ``qt-scripted-modules`` folder alike)."""
+    return Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
+
+
 def loadRequirements(path: str | Path) -> list[str]:
     """Requirement lines of a requirements file (comments and blank lines dropped)."""
     lines = []
@@ -112,9 +118,7 @@ def ensurePackages(
         raise DependencyError(f"installing {', '.join(still)} failed; see the Python console for pip's output")
 
 
-def ensureDependencies(
-    requirementsPath: str | Path, requester: str = "CLDL"
-) -> None:  # pragma: no cover - needs the Slicer application
-    """Torch (PyTorch extension) first, then the rest."""
+def ensureDependencies(requester: str = "CLDL") -> None:  # pragma: no cover - needs the Slicer application
+    """Torch (PyTorch extension) first, then the rest (:func:`requirementsPath`)."""
     ensureTorch()
-    ensurePackages(requirementsPath, requester=requester)
+    ensurePackages(requirementsPath(), requester=requester)
