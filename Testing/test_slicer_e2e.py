@@ -158,7 +158,9 @@ def test_train_drives_handle_and_charts(scene, tmp_path) -> None:
     }
     logic = TrainingLogic(scene)
     metrics = []
-    handle = logic.train(None, "brats", tmp_path / "run", config=config, epochs=2, onMetrics=metrics.append)
+    handle = logic.train(
+        None, "brats", tmp_path / "run", config=config, overrides={"epochs": 2}, onMetrics=metrics.append
+    )
     while handle.poll():
         time.sleep(0.1)
     assert handle.status == "completed", handle.error

@@ -324,16 +324,16 @@ def test_training_config_and_command(tmp_path: Path) -> None:
     """GUI values override a base config; dataDir replaces phantoms; torchrun for several GPUs; resume flags."""
     base = tmp_path / "base.json"
     base.write_text('{"task": "brats", "phantoms": {"train_seeds": [0, 2]}, "epochs": 5, "lr": 0.1}')
-    values = buildConfig(tmp_path, "brats", base, epochs=7, patchSize=64, learningRate=1e-4, curriculum="pacing")
+    values = buildConfig(tmp_path, "brats", base, {"epochs": 7, "patch_size": 64, "lr": 1e-4, "curriculum": "pacing"})
     assert values["data"] == str(tmp_path.resolve()) and values["phantoms"] is None
     assert (values["epochs"], values["patch_size"], values["lr"], values["curriculum"]) == (7, [64] * 3, 1e-4, "pacing")
     assert buildConfig(None, None, base)["phantoms"] == {"train_seeds": [0, 2]}
     with pytest.raises(ValueError, match="dataset folder"):
         buildConfig(None, "brats")
     with pytest.raises(ValueError, match="multiples of 16"):
-        buildConfig(tmp_path, "brats", patchSize=40)
+        buildConfig(tmp_path, "brats", overrides={"patch_size": 40})
     with pytest.raises(ValueError, match="curriculum"):
-        buildConfig(tmp_path, "brats", curriculum="random")
+        buildConfig(tmp_path, "brats", overrides={"curriculum": "random"})
 
     single = trainCommand(base, tmp_path / "run", python="py")
     assert single == ["py", "-m", "cldl", "train", "--out", str(tmp_path / "run"), "--config", str(base)] + [

@@ -172,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="the model registry")
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
     models_commands.add_parser("list", help="list registered models")
+
+    info = commands.add_parser(
+        "info",
+        help="engine, torch and device facts (and checkpoint descriptions)",
+        description="Report the engine version, whether torch is installed and new enough, the device 'auto' "
+        "picks, and what each given checkpoint holds; --json prints one JSON object (for the Slicer modules).",
+    )
+    info.add_argument("--checkpoint", type=Path, action="append", default=[], help="checkpoint to describe")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -186,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": cmd_evaluate,
         "models": cmd_models,
         "datasets": cmd_datasets,
+        "info": cmd_info,
     }[args.command]
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_args, **_kw: _warn(reporter, message)
@@ -449,6 +459,53 @@ def cmd_models(args: argparse.Namespace, reporter: Reporter) -> int:
     for row in list_models():
         state = "available" if row["available"] else "not downloaded"
         print(f"{row['name']}  [{row['task']}, {row['source']}, {state}]\n    {row['description']}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``cldl info``: run in a subprocess by the Slicer modules, so that torch never loads inside Slicer."""
+    import importlib.metadata
+
+    from .defaults import TORCH_REQUIREMENT, torch_supported
+
+    facts: dict = {"event": "info", "cldl": __version__, "torch_requirement": TORCH_REQUIREMENT, "checkpoints": []}
+    try:
+        version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    facts["torch"] = {"installed": version is not None, "version": version, "cuda": False, "device": "cpu"}
+    if version is not None:
+        import torch
+
+        cuda = bool(torch.cuda.is_available())
+        facts["torch"].update(
+            supported=torch_supported(version),
+            cudaVersion=torch.version.cuda,
+            cuda=cuda,
+            device="cuda" if cuda else "cpu",
+            deviceName=torch.cuda.get_device_name(0) if cuda else "CPU",
+        )
+        from .checkpoint import load_checkpoint
+
+        for path in args.checkpoint:
+            entry: dict = {"path": str(path.resolve())}
+            try:
+                checkpoint = load_checkpoint(path)
+                entry.update(
+                    task=checkpoint.task.to_dict(),
+                    patch_size=list(checkpoint.patch_size),
+                    epoch=checkpoint.provenance.get("epoch"),
+                )
+            except (ValueError, OSError, RuntimeError) as exc:
+                entry["error"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            facts["checkpoints"].append(entry)
+    if args.json:
+        print(json.dumps(_clean_json(facts)))
+    else:
+        torch_line = f"torch {version} on {facts['torch']['device']}" if version else "torch: not installed"
+        print(f"cldl {__version__}; {torch_line} (needs {TORCH_REQUIREMENT})")
+        for entry in facts["checkpoints"]:
+            print(f"{entry['path']}: {entry.get('error') or entry['task']['name']}")
     return 0
 
 

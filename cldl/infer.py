@@ -21,15 +21,14 @@ import torch.nn.functional as F
 from .checkpoint import Checkpoint, check_task, load_checkpoint
 from .data.datasets import check_modality_order
 from .data.preprocess import InputError, Preprocessed, input_grid_probabilities, preprocess, stack_channels
+from .defaults import OVERLAP
 from .distributions import UNCERTAINTY_MAPS
 from .io import Geometry, read_channels
 from .tasks import Task
 
 ProgressFn = Callable[[int, int], None]
 
-DEFAULT_OVERLAP = 0.25
-"""Default sliding-window overlap: on held-out phantoms 0.25 matched 0.5 in Dice at ~3.5x fewer windows
-(benchmarks/overlap.py, benchmarks/RESULTS.md)."""
+DEFAULT_OVERLAP = OVERLAP  # cldl.defaults, measured by benchmarks/overlap.py
 CPU_WINDOW_MEMORY_GB = 3.0
 """Activation memory the predictor may use for a batch of windows on CPU (keeps a BraTS case under 4 GB)."""
 ACTIVATION_FACTOR = 11

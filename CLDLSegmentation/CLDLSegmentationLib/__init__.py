@@ -6,11 +6,12 @@
 - :mod:`.overlay`: uncertainty / probability overlay (colour map, 0..1, transparency, opacity, legend)
 - :mod:`.models`: registry models and checkpoint files, torch and device information
 - :mod:`.dependencies`: first-use installation of torch (PyTorch extension) and the rest (pip, after asking)
+- :mod:`.run`: :class:`EngineRun`, status / progress / polling / end of one engine run (segmentation, training)
+- :mod:`.panel`: the panel's decisions (input guessing, overlay updates) as plain functions
 - :mod:`.logic`: :class:`SegmentationLogic`, the whole run, blocking or not
 """
 
 from .logic import (
-    DEFAULT_MODEL,
     DeviceChoice,
     SegmentationJob,
     SegmentationLogic,
@@ -18,13 +19,12 @@ from .logic import (
     SegmentationResult,
     UncertaintyMapChoice,
 )
-from .models import ModelInfo, describeModel, registryModels
+from .models import ModelInfo, defaultModel, describeModel, registryModels
 from .overlay import OverlaySettings, showMap
 from .process import CancelledError, JsonLinesProcess, ProcessError
 from .segmentations import labelmapToSegmentation, markUncertainRegion
 
 __all__ = [
-    "DEFAULT_MODEL",
     "CancelledError",
     "DeviceChoice",
     "JsonLinesProcess",
@@ -36,6 +36,7 @@ __all__ = [
     "SegmentationOptions",
     "SegmentationResult",
     "UncertaintyMapChoice",
+    "defaultModel",
     "describeModel",
     "labelmapToSegmentation",
     "markUncertainRegion",

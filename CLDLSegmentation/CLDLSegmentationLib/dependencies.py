@@ -14,7 +14,8 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-TORCH_REQUIREMENT = ">=2.1"
+from cldl.defaults import TORCH_REQUIREMENT, torch_supported
+
 #: Packages Slicer ships (or the PyTorch extension manages): never installed or upgraded by CLDL.
 SKIPPED_PACKAGES = ("torch", "numpy", "SimpleITK", "vtk")
 
@@ -72,26 +73,69 @@ def torchInstalled() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def ensureTorch() -> None:  # pragma: no cover - needs the Slicer application and the PyTorch extension
-    """Install torch through the PyTorch extension after asking, or raise :class:`DependencyError`."""
-    if torchInstalled():
-        return
+def installedTorchVersion() -> str | None:
+    """The installed torch version from its metadata (without importing torch), or None."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def missingDependencies() -> list[str]:
+    """What must be installed before the engine can run: torch (new enough) and the requirements file."""
+    version = installedTorchVersion()
+    torch = [] if version is not None and torch_supported(version) else [f"torch{TORCH_REQUIREMENT}"]
+    return torch + missingRequirements(loadRequirements(requirementsPath()))
+
+
+def _pyTorchUtilsLogic():  # pragma: no cover - needs the Slicer application and the PyTorch extension
     try:
         import PyTorchUtils
     except ModuleNotFoundError:
         raise DependencyError(
             "CLDL needs PyTorch, which it installs through the 'PyTorch' extension. Install the PyTorch extension "
-            "from the Extensions Manager (View > Extensions Manager, search 'PyTorch'), restart Slicer and press "
-            "Apply again."
+            "from the Extensions Manager (View > Extensions Manager, search 'PyTorch'), restart Slicer and try "
+            "again."
         ) from None
-    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-    if not torchLogic.torchInstalled():
-        torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
-        if torch is None:
+    return PyTorchUtils.PyTorchUtilsLogic()
+
+
+def ensureTorch() -> None:  # pragma: no cover - needs the Slicer application and the PyTorch extension
+    """Install torch through the PyTorch extension after asking, or raise :class:`DependencyError`; a torch older
+    than the engine supports is refused with the way to upgrade it."""
+    version = installedTorchVersion()
+    if version is not None:
+        if not torch_supported(version):
             raise DependencyError(
-                "PyTorch is required to run CLDL models. Install it from the 'PyTorch Utils' module (choose the CUDA "
-                "version of your GPU, or CPU) and press Apply again."
+                f"torch {version} is too old: CLDL needs torch {TORCH_REQUIREMENT}. Press 'Install / upgrade "
+                "PyTorch' (or use the PyTorch Utils module), then restart Slicer."
             )
+        return
+    torch = _pyTorchUtilsLogic().installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
+    if torch is None:
+        raise DependencyError(
+            "PyTorch is required to run CLDL models. Install it from the 'PyTorch Utils' module (choose the CUDA "
+            "version of your GPU, or CPU) and try again."
+        )
+
+
+def upgradeTorch() -> bool:  # pragma: no cover - needs the Slicer application and the PyTorch extension
+    """Install, upgrade (to :data:`TORCH_REQUIREMENT`) or reinstall torch after asking; True if something was
+    installed (Slicer must then be restarted if torch was loaded before)."""
+    import slicer
+
+    logic = _pyTorchUtilsLogic()
+    version = installedTorchVersion()
+    if version is not None and torch_supported(version):
+        question = f"torch {version} is installed and supported. Reinstall it (the build that fits this computer)?"
+        if not slicer.util.confirmOkCancelDisplay(question, windowTitle="CLDL"):
+            return False
+        logic.uninstallTorch()
+    if logic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT) is None:
+        return False
+    if slicer.util.confirmYesNoDisplay("PyTorch was installed. Restart Slicer now to use it?", windowTitle="CLDL"):
+        slicer.util.restart()
+    return True
 
 
 def ensurePackages(

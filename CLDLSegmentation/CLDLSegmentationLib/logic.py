@@ -5,7 +5,7 @@ non-blocking runs are advanced by :meth:`SegmentationJob.poll`, which the module
 pass ``singleShot=qt.QTimer.singleShot`` to :class:`SegmentationLogic`); ``wait=True`` blocks instead.
 
 >>> logic = SegmentationLogic()
->>> result = logic.segment([flair, t1, t1ce, t2], model="brats-phantom-demo", wait=True)
+>>> result = logic.segment([flair, t1, t1ce, t2], wait=True)  # the engine registry's default model
 >>> result.segmentationNode, result.uncertaintyNode
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import importlib.util
-import logging
 import shutil
 import tempfile
 import time
@@ -24,21 +23,20 @@ from typing import Any
 
 import slicer
 
-from .models import ModelInfo, describeModel
+from cldl.defaults import OVERLAP
+
+from .models import ModelInfo, defaultModel, describeModel
 from .overlay import MAP_ATTRIBUTE, OVERLAY_ATTRIBUTE, OverlaySettings, showMap
 from .process import (
-    EXIT_EVENT,
     CancelledError,
     JsonLinesProcess,
-    ProcessError,
     engineCommand,
     engineEnvironment,
     schedulePolling,
 )
+from .run import EngineRun
 from .segmentations import classKeys, labelmapToSegmentation, showOutlines
 from .volumes import checkInputs, exportVolume, importProbabilities, importVolume
-
-DEFAULT_MODEL = "brats-phantom-demo"
 
 
 class DeviceChoice(enum.Enum):
@@ -70,7 +68,7 @@ class SegmentationOptions:
 
     device: str = "auto"
     tta: bool = False
-    overlap: float = 0.25
+    overlap: float = OVERLAP
     uncertaintyMap: str = "entropy"
     keepProbabilities: bool = False
 
@@ -105,7 +103,7 @@ def mapFileSuffix() -> str:
     return ".nii" if importlib.util.find_spec("nibabel") is not None else ".nrrd"
 
 
-class SegmentationJob:
+class SegmentationJob(EngineRun):
     """One running segmentation: progress, log, cancel, and the result once imported.
 
     ``status`` goes ``running`` -> ``completed`` | ``failed`` | ``cancelled``; :meth:`poll` advances it (and
@@ -128,8 +126,8 @@ class SegmentationJob:
         onLog: Callable[[str], None] | None = None,
         onFinished: Callable[[SegmentationJob], None] | None = None,
     ) -> None:
+        super().__init__(process, onProgress, onLog, onFinished)
         self.logic = logic
-        self.process = process
         self.inputs = inputs
         self.model = model
         self.options = options
@@ -138,37 +136,7 @@ class SegmentationJob:
         self.outputSegmentation = outputSegmentation
         self.show = show
         self.keepFiles = keepFiles
-        self.onProgress = onProgress
-        self.onLog = onLog
-        self.onFinished = onFinished
-        self.status = "running"
-        self.progress = 0.0
-        self.stage = "starting"
         self.result: SegmentationResult | None = None
-        self.error: Exception | None = None
-        self.started = time.monotonic()
-
-    # -- driving ---------------------------------------------------------------------------------------------------
-
-    def poll(self) -> bool:
-        """Handle new engine events; import the results when it has finished. True while still running."""
-        if self.status != "running":
-            return False
-        for event in self.process.poll():
-            self._handle(event)
-        return self.status == "running"
-
-    def wait(self, timeout: float | None = None, interval: float = 0.05) -> SegmentationResult:
-        """Block until done; the result, or the error raised."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                raise TimeoutError(f"segmentation did not finish within {timeout} s (cancelled)")
-            time.sleep(interval)
-        if self.error is not None:
-            raise self.error
-        return self.result
 
     def cancel(self) -> None:
         """Kill the engine and all its processes; the job ends as ``cancelled``."""
@@ -178,61 +146,49 @@ class SegmentationJob:
             while self.poll() and time.monotonic() < deadline:
                 time.sleep(0.02)
 
-    # -- events ----------------------------------------------------------------------------------------------------
+    def _onTimeout(self) -> None:
+        self.cancel()
 
-    def _report(self, fraction: float, text: str) -> None:
-        self.progress, self.stage = fraction, text
-        if self.onProgress is not None:
-            self.onProgress(fraction, text)
+    def _outcome(self) -> SegmentationResult | None:
+        return self.result
 
-    def _log(self, message: str) -> None:
-        logging.info("CLDL: %s", message)
-        if self.onLog is not None:
-            self.onLog(message)
-
-    def _handle(self, event: dict[str, Any]) -> None:
+    def _onEvent(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "progress":
             total = max(int(event.get("total") or 1), 1)
             done = int(event.get("done") or 0)
             self._report(0.05 + 0.85 * done / total, f"{event.get('stage', 'working')} {done}/{total}")
-        elif kind in ("log", "error"):
-            self._log(("error: " if kind == "error" else "") + str(event.get("message", "")))
         elif kind == "result":
             self._log(
                 f"segmented in {event.get('seconds')} s on {event.get('device')}; volumes (ml): "
                 + ", ".join(f"{k} {v:.1f}" for k, v in (event.get("volumes_ml") or {}).items())
             )
-        elif kind == EXIT_EVENT:
-            self._finish()
+        else:
+            super()._onEvent(event)
 
     def _finish(self) -> None:
         try:
             self.process.raiseForStatus()
-            self._report(0.95, "importing results")
-            self.result = self.logic.importResults(
-                self.inputs,
-                self.model,
-                self.outputs,
-                self.options,
-                outputSegmentation=self.outputSegmentation,
-                summary=self.process.result() or {},
-                show=self.show,
-            )
-            self.status = "completed"
-            self._report(1.0, f"done in {time.monotonic() - self.started:.1f} s")
         except CancelledError as exc:
             self.status, self.error = "cancelled", exc
             self._report(0.0, "cancelled")
-        except (ProcessError, OSError, ValueError, RuntimeError) as exc:
-            self.status, self.error = "failed", exc
-            self._log(f"error: {exc}")
-            self._report(0.0, "failed")
-        finally:
-            if not self.keepFiles:
-                shutil.rmtree(self.workDir, ignore_errors=True)
-            if self.onFinished is not None:
-                self.onFinished(self)
+            return
+        self._report(0.95, "importing results")
+        self.result = self.logic.importResults(
+            self.inputs,
+            self.model,
+            self.outputs,
+            self.options,
+            outputSegmentation=self.outputSegmentation,
+            summary=self.process.result() or {},
+            show=self.show,
+        )
+        self.status = "completed"
+        self._report(1.0, f"done in {time.monotonic() - self.started:.1f} s")
+
+    def _cleanup(self) -> None:
+        if not self.keepFiles:
+            shutil.rmtree(self.workDir, ignore_errors=True)
 
 
 class SegmentationLogic:
@@ -264,7 +220,7 @@ class SegmentationLogic:
     def segment(
         self,
         inputs: Sequence | Mapping[str, Any],
-        model: str | ModelInfo = DEFAULT_MODEL,
+        model: str | ModelInfo | None = None,
         options: SegmentationOptions | None = None,
         outputSegmentation=None,
         wait: bool = False,
@@ -282,7 +238,7 @@ class SegmentationLogic:
         :class:`SegmentationResult` (raising on failure); otherwise a running :class:`SegmentationJob`.
         """
         options = options or SegmentationOptions(**optionValues)
-        info = model if isinstance(model, ModelInfo) else describeModel(str(model))
+        info = model if isinstance(model, ModelInfo) else describeModel(str(model or defaultModel()), self.python)
         if isinstance(inputs, Mapping):
             missing = [m for m in info.modalities if m not in inputs]
             if missing:

@@ -1,14 +1,20 @@
 """Which models exist and what they expect: registry names and local checkpoint files.
 
-Registry models are described without loading torch (their task is known by name); a checkpoint file is opened
-with ``cldl.checkpoint.load_checkpoint`` (``weights_only=True``), which needs torch.
+Registry models are described without loading torch (their task is known by name); checkpoint files, torch and
+the device are described by ``cldl info --json`` in a subprocess, so that torch (and CUDA) never load inside
+Slicer's own process.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cldl.defaults import TORCH_REQUIREMENT
+
+from .process import JsonLinesProcess, ProcessError, engineCommand, engineEnvironment, schedulePolling
 
 
 @dataclass(frozen=True)
@@ -47,60 +53,126 @@ def registryModels() -> list[ModelInfo]:
     return models
 
 
-def checkpointModel(path: str | Path) -> ModelInfo:
-    """Describe a local checkpoint file (loads it safely; needs torch)."""
-    from cldl.checkpoint import load_checkpoint
-
-    path = Path(path).resolve()
-    checkpoint = load_checkpoint(path)
-    provenance = dict(checkpoint.provenance)
-    epoch = provenance.get("epoch")
-    details = [f"task {checkpoint.task.name}", f"patch {'x'.join(str(p) for p in checkpoint.patch_size)}"]
-    if epoch is not None:
-        details.append(f"epoch {epoch}")
-    return ModelInfo(
-        key=str(path),
-        title=f"{path.name} ({path.parent.name})",
-        task=checkpoint.task,
-        description=", ".join(details),
-        provenance=provenance,
-    )
+def storedPaths(value: Any) -> list[str]:
+    """A path-list setting as a list: Slicer's INI settings give a one-item list back as a plain string, and an
+    empty list as None or an empty string."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, (str, Path)):
+        return [str(value)]
+    return [str(v) for v in value if v]
 
 
-def describeModel(key: str) -> ModelInfo:
-    """A registry name or a checkpoint path as :class:`ModelInfo`."""
+def engineInfoProcess(checkpoints: Sequence[str | Path] = (), python: str | None = None) -> JsonLinesProcess:
+    """A (not yet started) ``cldl info --json`` run describing torch, the device and ``checkpoints``."""
+    arguments = ["info", "--json"]
+    for path in checkpoints:
+        arguments += ["--checkpoint", str(path)]
+    return JsonLinesProcess(engineCommand(arguments, python), env=engineEnvironment())
+
+
+def readEngineInfo(process: JsonLinesProcess) -> dict[str, Any]:
+    """The facts of a finished ``cldl info`` run; raises :class:`ProcessError` if it failed."""
+    process.raiseForStatus()
+    for event in process.events:
+        if event.get("event") == "info":
+            return event
+    raise ProcessError("the engine printed no information (cldl info)")
+
+
+def engineInfo(checkpoints: Sequence[str | Path] = (), python: str | None = None, timeout: float = 300) -> dict:
+    """``cldl info`` in a subprocess, blocking: torch never loads in the calling process."""
+    process = engineInfoProcess(checkpoints, python).start()
+    process.wait(timeout)
+    return readEngineInfo(process)
+
+
+def startEngineInfo(
+    checkpoints: Sequence[str | Path],
+    onDone: Callable[[dict[str, Any] | None, str | None], None],
+    singleShot: Callable[[int, Callable[[], None]], None],
+    python: str | None = None,
+) -> JsonLinesProcess:
+    """``cldl info`` without blocking: ``onDone(info, None)`` or ``onDone(None, error)`` once it has finished."""
+    process = engineInfoProcess(checkpoints, python).start()
+
+    def poll() -> bool:
+        process.poll()
+        if process.running:
+            return True
+        try:
+            info = readEngineInfo(process)
+        except ProcessError as exc:
+            onDone(None, str(exc))
+        else:
+            onDone(info, None)
+        return False
+
+    schedulePolling(poll, singleShot, ms=100)
+    return process
+
+
+def checkpointModels(info: dict[str, Any]) -> tuple[list[ModelInfo], list[str]]:
+    """The checkpoints ``cldl info`` described, as models, and one message per checkpoint it could not read."""
+    from cldl.tasks import Task
+
+    models, errors = [], []
+    for entry in info.get("checkpoints") or []:
+        path = Path(entry["path"])
+        if entry.get("error"):
+            errors.append(f"{path}: {entry['error']}")
+            continue
+        task = Task.from_dict(entry["task"])
+        details = [f"task {task.name}", f"patch {'x'.join(str(p) for p in entry.get('patch_size') or [])}"]
+        if entry.get("epoch") is not None:
+            details.append(f"epoch {entry['epoch']}")
+        models.append(ModelInfo(str(path), f"{path.name} ({path.parent.name})", task, ", ".join(details)))
+    return models, errors
+
+
+def modelList(registry: Sequence[ModelInfo], checkpoints: Sequence[ModelInfo]) -> list[ModelInfo]:
+    """What the model combo box lists: registry models, then each checkpoint once (in the given order)."""
+    models = list(registry)
+    keys = {m.key for m in models}
+    for info in checkpoints:
+        if info.key not in keys:
+            models.append(info)
+            keys.add(info.key)
+    return models
+
+
+def rememberCheckpoint(stored: Any, path: str | Path) -> list[str]:
+    """The new value of the remembered-checkpoints setting after loading ``path`` (moved to the end)."""
+    key = str(Path(path).resolve())
+    return [p for p in storedPaths(stored) if p != key] + [key]
+
+
+def defaultModel() -> str:
+    """The engine registry's default model (never hard-coded in the modules)."""
+    from cldl.zoo import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def describeModel(key: str, python: str | None = None) -> ModelInfo:
+    """A registry name or a checkpoint path as :class:`ModelInfo` (a checkpoint is read by ``cldl info``)."""
     for info in registryModels():
         if info.key == key:
             return info
     if Path(key).is_file():
-        return checkpointModel(key)
+        models, errors = checkpointModels(engineInfo([key], python))
+        if errors or not models:
+            raise ValueError("; ".join(errors) or f"{key}: not a CLDL checkpoint (is torch installed?)")
+        return models[0]
     raise ValueError(f"unknown model {key!r}: not a registered model name and not a checkpoint file")
 
 
-def torchInfo() -> dict[str, Any]:
-    """Whether torch is installed, its version, and the device ``auto`` would pick (imports torch if present)."""
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return {"installed": False, "version": None, "cuda": False, "device": "cpu", "deviceName": "CPU"}
-    import torch
-
-    cuda = bool(torch.cuda.is_available())
-    name = torch.cuda.get_device_name(0) if cuda else "CPU"
-    return {
-        "installed": True,
-        "version": str(torch.__version__),
-        "cudaVersion": torch.version.cuda,
-        "cuda": cuda,
-        "device": "cuda" if cuda else "cpu",
-        "deviceName": name,
-    }
-
-
 def describeTorch(info: dict[str, Any]) -> str:
-    """One line for the GUI: ``torch 2.13.0 (CUDA 12.8): NVIDIA ...`` or guidance when torch is missing."""
+    """One line for the GUI: ``torch 2.13.0 (CUDA 12.8): NVIDIA ...`` or guidance when torch is missing or old."""
     if not info.get("installed"):
         return "PyTorch is not installed yet: it will be installed (after asking) on the first Apply."
+    if info.get("supported") is False:
+        return f"torch {info['version']} is too old (CLDL needs torch {TORCH_REQUIREMENT}): use Upgrade PyTorch."
     cuda = f" (CUDA {info['cudaVersion']})" if info.get("cudaVersion") else " (CPU build)"
     where = f"GPU: {info['deviceName']}" if info.get("cuda") else "no usable GPU, runs on the CPU"
     return f"torch {info['version']}{cuda}; {where}"

@@ -99,14 +99,14 @@ def sliceCompositeNodes(scene) -> list:
 
 
 def showInSliceViews(background, foreground, opacity: float, scene=None, fit: bool = False) -> None:
-    """Input in the background, map in the foreground at ``opacity``, no label layer, in every slice view."""
+    """Map in the foreground at ``opacity`` in every slice view; the input as background where a view has none
+    (a background or label layer the user chose stays)."""
     scene = scene or (background or foreground).GetScene()
     for composite in sliceCompositeNodes(scene):
-        if background is not None:
+        if background is not None and not composite.GetBackgroundVolumeID():
             composite.SetBackgroundVolumeID(background.GetID())
         composite.SetForegroundVolumeID(foreground.GetID() if foreground is not None else None)
         composite.SetForegroundOpacity(opacity)
-        composite.SetLabelVolumeID(None)
     if fit and hasattr(slicer, "app") and slicer.app.layoutManager() is not None:  # pragma: no cover - GUI only
         slicer.util.resetSliceViews()
 

@@ -8,6 +8,15 @@ The subprocess runner is shared with the segmentation module (``CLDLSegmentation
 """
 
 from .charts import TrainingCurves
-from .logic import TrainingHandle, TrainingLogic, buildConfig, trainCommand
+from .logic import TrainingHandle, TrainingLogic, buildConfig, isSet, resolveTask, runExists, trainCommand
 
-__all__ = ["TrainingCurves", "TrainingHandle", "TrainingLogic", "buildConfig", "trainCommand"]
+__all__ = [
+    "TrainingCurves",
+    "TrainingHandle",
+    "TrainingLogic",
+    "buildConfig",
+    "isSet",
+    "resolveTask",
+    "runExists",
+    "trainCommand",
+]

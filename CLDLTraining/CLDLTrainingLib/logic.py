@@ -5,7 +5,7 @@ with a scene, the metrics also feed live plot charts (:class:`~CLDLTrainingLib.c
 Qt-free: the module passes ``qt.QTimer.singleShot`` so that handles advance by themselves in Slicer; in a
 plain Python (``PythonSlicer``) call ``handle.wait()`` or ``handle.poll()``.
 
->>> handle = TrainingLogic().train("/data/BraTS2018/Training", "brats", "/runs/brats", epochs=50)
+>>> handle = TrainingLogic().train("/data/BraTS2018/Training", "brats", "/runs/brats", overrides={"epochs": 50})
 >>> handle.progress, handle.metrics[-1]["dice_mean"]
 >>> handle.stop()
 """
@@ -13,24 +13,22 @@ plain Python (``PythonSlicer``) call ``handle.wait()`` or ``handle.poll()``.
 from __future__ import annotations
 
 import json
-import logging
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from CLDLSegmentationLib.process import (
-    EXIT_EVENT,
     JsonLinesProcess,
     ProcessError,
     engineEnvironment,
     pythonExecutable,
     schedulePolling,
 )
+from CLDLSegmentationLib.run import EngineRun
+
+from cldl.defaults import CURRICULUM_MODES, CUSTOM_TASK, check_patch_size
 
 from .charts import TrainingCurves
-
-CURRICULUM_MODES = ("joint", "pacing")
 
 
 def loadConfigFile(path: str | Path) -> dict[str, Any]:
@@ -48,19 +46,18 @@ def loadConfigFile(path: str | Path) -> dict[str, Any]:
     return data
 
 
+#: Override keys a resumed run accepts (the engine keeps the rest of the saved config).
+RESUME_OVERRIDES = ("epochs", "device")
+
+
 def buildConfig(
     dataDir: str | Path | None,
     task: str | None,
     config: str | Path | Mapping[str, Any] | None = None,
-    epochs: int | None = None,
-    itersPerEpoch: int | None = None,
-    patchSize: int | tuple[int, int, int] | list[int] | None = None,
-    learningRate: float | None = None,
-    curriculum: str | None = None,
-    device: str | None = None,
-    seed: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A ``cldl train`` config: the base ``config`` (file or dict; engine defaults if None) with the overrides.
+    """A ``cldl train`` config: the base ``config`` (file or dict; engine defaults if None) with ``overrides``
+    keyed by ``TrainConfig`` field names (``epochs``, ``iters_per_epoch``, ``patch_size``, ``lr``, ...).
 
     ``dataDir`` replaces any synthetic-phantom setting of the base config; without it the base must define
     ``phantoms``. Values are checked again by the engine (``TrainConfig``), which names any bad key.
@@ -77,28 +74,30 @@ def buildConfig(
         values["phantoms"] = None
     elif not values.get("data") and not values.get("phantoms"):
         raise ValueError("choose a dataset folder (or a config that trains on synthetic phantoms)")
-    if epochs is not None:
-        values["epochs"] = int(epochs)
-    if itersPerEpoch is not None:
-        values["iters_per_epoch"] = int(itersPerEpoch)
-    if patchSize is not None:
-        size = [int(patchSize)] * 3 if isinstance(patchSize, int) else [int(p) for p in patchSize]
-        if len(size) != 3 or any(p <= 0 or p % 16 for p in size):
-            raise ValueError(f"the patch size must be three positive multiples of 16, got {size}")
-        values["patch_size"] = size
-    if learningRate is not None:
-        if learningRate <= 0:
-            raise ValueError(f"the learning rate must be positive, got {learningRate}")
-        values["lr"] = float(learningRate)
-    if curriculum is not None:
-        if curriculum not in CURRICULUM_MODES:
-            raise ValueError(f"curriculum must be one of {CURRICULUM_MODES}, got {curriculum!r}")
-        values["curriculum"] = curriculum
-    if device is not None:
-        values["device"] = device
-    if seed is not None:
-        values["seed"] = int(seed)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "patch_size" in overrides:
+        overrides["patch_size"] = check_patch_size(overrides["patch_size"])
+    if "lr" in overrides and float(overrides["lr"]) <= 0:
+        raise ValueError(f"the learning rate must be positive, got {overrides['lr']}")
+    if overrides.get("curriculum", CURRICULUM_MODES[0]) not in CURRICULUM_MODES:
+        raise ValueError(f"curriculum must be one of {CURRICULUM_MODES}, got {overrides['curriculum']!r}")
+    values.update(overrides)
     return values
+
+
+def isSet(path: str | Path | None) -> bool:
+    """Whether a path setting holds a path (not empty, not the ``.`` an empty ``Path()`` prints as)."""
+    return path is not None and str(path) not in ("", ".")
+
+
+def runExists(outDir: str | Path | None) -> bool:
+    """Whether a run folder holds a run to resume (its ``last.pt``)."""
+    return isSet(outDir) and (Path(outDir) / "last.pt").is_file()
+
+
+def resolveTask(task: str, dataDir: str | Path) -> str:
+    """The engine's task argument: a built-in name, or for ``custom`` the dataset folder's ``dataset.json``."""
+    return str(Path(dataDir) / "dataset.json") if task == CUSTOM_TASK else task
 
 
 def engineSupportsDistributed() -> bool:
@@ -138,13 +137,15 @@ def trainCommand(
     return args + ["--progress", "jsonl"]
 
 
-class TrainingHandle:
+class TrainingHandle(EngineRun):
     """A running (or finished) training run.
 
     ``progress`` (0..1), ``epoch``, ``totalEpochs``, ``metrics`` (one dict per finished epoch), ``status``
     (``running``, ``completed``, ``stopped``, ``failed``), ``result`` (the engine's summary), ``error``;
     :meth:`poll` handles new events, :meth:`wait` blocks, :meth:`stop` ends the run.
     """
+
+    logPrefix = "CLDL training"
 
     def __init__(
         self,
@@ -157,52 +158,24 @@ class TrainingHandle:
         onMetrics: Callable[[dict[str, Any]], None] | None = None,
         onFinished: Callable[[TrainingHandle], None] | None = None,
     ) -> None:
-        self.process = process
+        super().__init__(process, onProgress, onLog, onFinished)
         self.outDir = outDir
         self.totalEpochs = totalEpochs
         self.curves = curves
-        self.onProgress = onProgress
-        self.onLog = onLog
         self.onMetrics = onMetrics
-        self.onFinished = onFinished
-        self.status = "running"
-        self.progress = 0.0
-        self.stage = "starting"
         self.epoch = 0
         self.metrics: list[dict[str, Any]] = []
         self.result: dict[str, Any] | None = None
-        self.error: Exception | None = None
         self.stopRequested = False
-        self.started = time.monotonic()
-
-    @property
-    def running(self) -> bool:
-        """Whether the run has not ended yet."""
-        return self.status == "running"
 
     @property
     def bestCheckpoint(self) -> Path:
         """``best.pt`` of the run (exists once the first epoch with validation, or the run, has finished)."""
         return self.outDir / "best.pt"
 
-    def poll(self) -> bool:
-        """Handle new events (and update the charts); True while running."""
-        if self.status != "running":
-            return False
-        for event in self.process.poll():
-            self._handle(event)
-        return self.status == "running"
-
     def wait(self, timeout: float | None = None, interval: float = 0.2) -> TrainingHandle:
-        """Block until the run ends; raises its error if it failed."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"training still running after {timeout} s (see handle.stop())")
-            time.sleep(interval)
-        if self.error is not None:
-            raise self.error
-        return self
+        """Block until the run ends; raises its error if it failed (on timeout the run goes on: see stop())."""
+        return super().wait(timeout, interval)
 
     def stop(self, force: bool = False) -> None:
         """End the run: a stop request to the engine's process group (it checkpoints the current step into
@@ -219,17 +192,7 @@ class TrainingHandle:
         self.stopRequested = True
         self._log("stop requested" + (" (killing the process tree)" if force else ""))
 
-    def _report(self, fraction: float, text: str) -> None:
-        self.progress, self.stage = fraction, text
-        if self.onProgress is not None:
-            self.onProgress(fraction, text)
-
-    def _log(self, message: str) -> None:
-        logging.info("CLDL training: %s", message)
-        if self.onLog is not None:
-            self.onLog(message)
-
-    def _handle(self, event: dict[str, Any]) -> None:
+    def _onEvent(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "progress":
             stage = str(event.get("stage", ""))
@@ -257,12 +220,10 @@ class TrainingHandle:
                 f"epoch {record.get('epoch')}: loss {record.get('loss_total', float('nan')):.4f}"
                 + (f", validation mean Dice {dice:.4f}" if isinstance(dice, (int, float)) else "")
             )
-        elif kind in ("log", "error"):
-            self._log(("error: " if kind == "error" else "") + str(event.get("message", "")))
         elif kind == "result":
             self.result = {k: v for k, v in event.items() if k != "event"}
-        elif kind == EXIT_EVENT:
-            self._finish()
+        else:
+            super()._onEvent(event)
 
     def _finish(self) -> None:
         code = self.process.returncode
@@ -273,14 +234,11 @@ class TrainingHandle:
             self.status = "stopped"
             self._report(self.progress, f"stopped after epoch {len(self.metrics)}; resume to continue")
         else:
-            self.status = "failed"
-            self.error = ProcessError(
-                f"{self.process.errorMessage()} (exit status {code})", returncode=code, stderr=self.process.stderr
+            self._fail(
+                ProcessError(
+                    f"{self.process.errorMessage()} (exit status {code})", returncode=code, stderr=self.process.stderr
+                )
             )
-            self._log(f"error: {self.error}")
-            self._report(self.progress, "failed")
-        if self.onFinished is not None:
-            self.onFinished(self)
 
 
 class TrainingLogic:
@@ -320,16 +278,10 @@ class TrainingLogic:
         task: str | None,
         outDir: str | Path,
         config: str | Path | Mapping[str, Any] | None = None,
+        overrides: Mapping[str, Any] | None = None,
         gpus: int = 1,
         wait: bool = False,
         resume: bool = False,
-        epochs: int | None = None,
-        itersPerEpoch: int | None = None,
-        patchSize: int | tuple[int, int, int] | list[int] | None = None,
-        learningRate: float | None = None,
-        curriculum: str | None = None,
-        device: str | None = None,
-        seed: int | None = None,
         name: str | None = None,
         onProgress: Callable[[float, str], None] | None = None,
         onLog: Callable[[str], None] | None = None,
@@ -339,10 +291,12 @@ class TrainingLogic:
         """Start (or, with ``resume=True``, continue) a run in ``outDir``; returns its :class:`TrainingHandle`.
 
         ``task``: ``brats``, ``mmwhs_ct``, ``mmwhs_mr``, ``binary`` or a ``dataset.json``. ``config``: a base
-        JSON/YAML config or dict (engine defaults: the authors' recipe) that the other arguments override.
-        ``gpus > 1`` launches ``torchrun`` with one rank per GPU. ``wait=True`` blocks until the run ends.
+        JSON/YAML config or dict (engine defaults: the authors' recipe); ``overrides``: ``TrainConfig`` fields
+        that replace its values (a resumed run accepts only ``epochs`` and ``device``). ``gpus > 1`` launches
+        ``torchrun`` with one rank per GPU. ``wait=True`` blocks until the run ends.
         """
         outDir = Path(outDir).resolve()
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         if gpus > 1 and not engineSupportsDistributed():
             raise ValueError(
                 "this version of the cldl engine trains on one device only; multi-GPU training (torchrun) needs "
@@ -352,14 +306,16 @@ class TrainingLogic:
             saved = outDir / "config.json"
             if not saved.is_file():
                 raise ValueError(f"{outDir} holds no run to resume (no config.json)")
+            extra = sorted(set(overrides) - set(RESUME_OVERRIDES))
+            if extra:
+                raise ValueError(f"a resumed run keeps its config; only {RESUME_OVERRIDES} may change, not {extra}")
+            epochs = overrides.get("epochs")
             totalEpochs = int(epochs or json.loads(saved.read_text()).get("epochs") or 0) or None
-            command = trainCommand(None, outDir, gpus, True, epochs, device, self.python)
+            command = trainCommand(None, outDir, gpus, True, epochs, overrides.get("device"), self.python)
         else:
-            if (outDir / "last.pt").exists():
+            if runExists(outDir):
                 raise ValueError(f"{outDir} already holds a run: resume it or choose another output folder")
-            values = buildConfig(
-                dataDir, task, config, epochs, itersPerEpoch, patchSize, learningRate, curriculum, device, seed
-            )
+            values = buildConfig(dataDir, task, config, overrides)
             if gpus > 1:
                 values["device"] = "cuda"
             outDir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,46 @@
+"""Every default the engine and the Slicer modules share, in one torch-free place.
+
+The engine (``infer``, ``curriculum``, ``train``, ``cli``) and the Slicer parameter nodes read these names, so
+that a default changes in one line; ``Testing/test_defaults.py`` checks that every user agrees.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+#: Sliding-window overlap: on held-out phantoms 0.25 matched 0.5 in Dice at ~3.5x fewer windows
+#: (``benchmarks/overlap.py``).
+OVERLAP = 0.25
+#: Curriculum modes of training: ``joint`` (the authors' code) and ``pacing`` (an extension).
+CURRICULUM_MODES = ("joint", "pacing")
+CURRICULUM = "joint"
+#: Built-in task names, in the order a user sees them; ``custom`` means a ``dataset.json`` in the dataset folder.
+TASKS = ("brats", "mmwhs_ct", "mmwhs_mr", "binary")
+CUSTOM_TASK = "custom"
+#: The authors' training recipe.
+EPOCHS = 250
+ITERS_PER_EPOCH = 250
+LEARNING_RATE = 1e-4
+PATCH_SIZE = 128
+#: Patch sides must be positive multiples of this (four 2x poolings in the network).
+PATCH_MULTIPLE = 16
+#: The oldest torch the engine supports.
+TORCH_MINIMUM = (2, 1)
+TORCH_REQUIREMENT = ">=" + ".".join(str(v) for v in TORCH_MINIMUM)
+
+
+def check_patch_size(size: int | Sequence[int]) -> list[int]:
+    """Three patch sides (an int means a cube); raises ValueError unless all are positive multiples of 16."""
+    sides = [int(size)] * 3 if isinstance(size, int) else [int(s) for s in size]
+    if len(sides) != 3 or any(s <= 0 or s % PATCH_MULTIPLE for s in sides):
+        raise ValueError(f"the patch size must be three positive multiples of {PATCH_MULTIPLE}, got {size}")
+    return sides
+
+
+def torch_supported(version: str) -> bool:
+    """Whether a torch version string (``2.5.1+cu124``, ``2.10.0a0``) is at least :data:`TORCH_MINIMUM`."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None:
+        raise ValueError(f"not a version: {version!r}")
+    return (int(match.group(1)), int(match.group(2))) >= TORCH_MINIMUM
