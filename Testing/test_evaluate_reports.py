@@ -75,7 +75,7 @@ def test_evaluate_agrees_with_medpy_and_surface_distance_on_a_real_anisotropic_i
     assert summary["cases"] == 1 and summary["summary"]["WT"]["dice"]["mean"] == pytest.approx(
         float(rows["WT"]["dice"])
     )
-    table = (out / "summary.md").read_text()
+    table = (out / "summary.md").read_text(encoding="utf-8")
     assert "| WT |" in table and "| region | Dice | HD95 (mm) | ASSD (mm) | Sensitivity | Specificity |" in table
     assert table in capsys.readouterr().out
 
@@ -120,7 +120,7 @@ def test_uncertainty_report_from_maps_next_to_the_predictions(tmp_path: Path, ta
             assert 0 <= float(row["unc_score"]) <= 1 and 0 <= float(row["ece"]) <= 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["per_case"][0]["uncertainty_source"] == "map"
-    assert "QU-BraTS score" in (out / "summary.md").read_text()
+    assert "QU-BraTS score" in (out / "summary.md").read_text(encoding="utf-8")
     # a folder of maps given explicitly, and probabilities alone (per-region entropy as the uncertainty)
     argv2 = ["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--task", task.name, "--json"]
     assert main([*argv2, "--probabilities", str(pred_dir), "--progress", "none"]) == 0
@@ -161,7 +161,7 @@ def test_report_files_are_never_clobbered(tmp_path: Path, capfd) -> None:
     assert protected.read_text() == "an input"
     protected.unlink()
     assert main([*argv, "--overwrite"]) == 0
-    assert (out / "summary.md").read_text() != "previous report"
+    assert (out / "summary.md").read_text(encoding="utf-8") != "previous report"
 
 
 def test_unwritable_report_folder(tmp_path: Path, capfd) -> None:

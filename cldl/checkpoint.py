@@ -10,14 +10,13 @@ Layout (format 1)::
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import atomic_path
 from .data.preprocess import PreprocessConfig
 from .model import ModelConfig, UNetLDL
 from .tasks import Task
@@ -67,16 +66,8 @@ class Checkpoint:
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
     """Write atomically (temporary file, then rename) so a crash never leaves a half-written checkpoint."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(checkpoint.to_dict(), tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_outputs
 from .data.phantoms import brats_phantom, write_case
 from .events import Reporter
 from .infer import Predictor
@@ -46,40 +47,41 @@ def run_demo(
         case.images, keep_probabilities=True, progress=lambda d, t: reporter.progress("inference", d, t)
     )
     geometry = case.geometry
-    write_image(prediction.labels, geometry, out / "segmentation.nii.gz")
-    write_unit_interval(prediction.uncertainty, geometry, out / "uncertainty.nii.gz")
-    write_unit_interval(prediction.probabilities, geometry, out / "probabilities.nii.gz")
-    reference = task.labels_to_classes(case.labels)
-    metrics = region_metrics(
-        prediction.classes, reference, task, geometry.spacing_zyx, metrics=("dice", "hd95", "assd", "sensitivity")
-    )
-    seconds = time.perf_counter() - started
-    summary = {
-        "case": case.case_id,
-        "model": str(predictor.checkpoint.path),
-        "device": str(predictor.device),
-        "seconds": round(seconds, 2),
-        "metrics": metrics,
-        "inputs": {k: str(v) for k, v in inputs.items()},
-        "note": "synthetic phantom and a demo model trained on phantoms: not for clinical use",
-    }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    try:
-        from .render import snapshot
-
-        flair = case.images[task.modalities.index("flair")]
-        snapshot(
-            flair,
-            prediction.classes,
-            prediction.uncertainty,
-            geometry.spacing_zyx,
-            out / "snapshot.png",
-            task.colors,
-            task.class_names,
-            title=f"CLDL demo: {case.case_id}",
+    with atomic_outputs() as staged:  # the results are written together or not at all
+        write_image(prediction.labels, geometry, staged.path(out / "segmentation.nii.gz"))
+        write_unit_interval(prediction.uncertainty, geometry, staged.path(out / "uncertainty.nii.gz"))
+        write_unit_interval(prediction.probabilities, geometry, staged.path(out / "probabilities.nii.gz"))
+        reference = task.labels_to_classes(case.labels)
+        metrics = region_metrics(
+            prediction.classes, reference, task, geometry.spacing_zyx, metrics=("dice", "hd95", "assd", "sensitivity")
         )
-    except RuntimeError as exc:  # VTK missing or no offscreen OpenGL: everything else is still written
-        reporter.log(f"snapshot skipped: {exc}")
+        seconds = time.perf_counter() - started
+        summary = {
+            "case": case.case_id,
+            "model": str(predictor.checkpoint.path),
+            "device": str(predictor.device),
+            "seconds": round(seconds, 2),
+            "metrics": metrics,
+            "inputs": {k: str(v) for k, v in inputs.items()},
+            "note": "synthetic phantom and a demo model trained on phantoms: not for clinical use",
+        }
+        staged.path(out / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        try:
+            from .render import snapshot
+
+            flair = case.images[task.modalities.index("flair")]
+            snapshot(
+                flair,
+                prediction.classes,
+                prediction.uncertainty,
+                geometry.spacing_zyx,
+                staged.path(out / "snapshot.png"),
+                task.colors,
+                task.class_names,
+                title=f"CLDL demo: {case.case_id}",
+            )
+        except RuntimeError as exc:  # VTK missing or no offscreen OpenGL: everything else is still written
+            reporter.log(f"snapshot skipped: {exc}")
     reporter.emit(
         "result",
         **{k: v for k, v in summary.items() if k != "inputs"},

@@ -11,18 +11,28 @@ Medical Segmentation Decathlon's, or vector images) are read with :func:`read_ch
 Writing keeps the geometry exactly: a NIfTI output written on the grid of a NIfTI input copies the input's header
 (qform/sform codes and values, so every reader places both identically), other outputs store the geometry in
 double precision. ``.seg.nrrd`` outputs carry segment names and colours (:func:`write_segmentation`).
+
+Every read checks that the file's image data is complete (:mod:`cldl.verify`; a truncated file is an ImageError
+that says how much of it is there), and every write goes to a temporary file that is checked and then renamed onto
+the target (:func:`image_output`), so an output is complete or absent.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
+
+from .atomic import atomic_path
+from .verify import DamagedFileError, nifti_array, payload_problem, read_nifti_gz
 
 if TYPE_CHECKING:  # pragma: no cover
     from .tasks import Task
@@ -33,6 +43,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DICOM_SUFFIXES = (".dcm", ".ima")
 CLASS_TAG = "CLDL.Class"  # segment tag holding the class abbreviation (shared with CLDLSegmentationLib)
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+DAMAGED_HINT = " (an interrupted copy or download?)"
 
 
 class ImageError(ValueError):
@@ -245,9 +256,39 @@ def _read_sitk(path: str | Path) -> sitk.Image:
     if path.suffix.lower() in DICOM_SUFFIXES:
         return _read_dicom_series(path.parent, path)
     try:
+        if _lower(path).endswith(".nii.gz"):
+            image = _read_nifti_gz(path)
+            if image is not None:
+                return image
+        elif _lower(path).endswith(".nii") and (problem := payload_problem(path)):
+            raise ImageError(f"{path}: {problem}{DAMAGED_HINT}")
         return sitk.ReadImage(str(path))
+    except DamagedFileError as exc:
+        raise ImageError(f"{exc}{DAMAGED_HINT}") from None
     except RuntimeError as exc:
+        problem = payload_problem(path)  # NRRD and MetaImage readers refuse incomplete data: say how much is there
+        if problem is not None:
+            raise ImageError(f"{path}: {problem}{DAMAGED_HINT}") from None
         raise ImageError(f"{path}: not a readable image ({_reason(exc)})") from None
+
+
+def _read_nifti_gz(path: Path) -> sitk.Image | None:
+    """A ``.nii.gz`` image from one verified decompression (:mod:`cldl.verify`), or None for layouts ITK reads
+    itself (vector, complex or RGB voxels)."""
+    data, header = read_nifti_gz(path)
+    array = None if header is None else nifti_array(data, header)
+    if array is None:
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()  # the header only: geometry exactly as ITK derives it
+    if reader.GetDimension() != array.ndim or tuple(reader.GetSize()) != array.shape[::-1]:
+        return None
+    image = sitk.GetImageFromArray(array, isVector=False)
+    image.SetSpacing(reader.GetSpacing())
+    image.SetOrigin(reader.GetOrigin())
+    image.SetDirection(reader.GetDirection())
+    return image
 
 
 def _check_3d(path: str | Path, image: sitk.Image) -> None:
@@ -263,7 +304,7 @@ def _check_3d(path: str | Path, image: sitk.Image) -> None:
 
 
 def _nifti_non_finite(path: str | Path) -> int:
-    """NaN/Inf voxels of a floating-point NIfTI file, counted on the raw data (ITK 5 reads them as 0)."""
+    """NaN/Inf voxels of an uncompressed floating-point NIfTI file, counted on its raw data (ITK reads them as 0)."""
     import nibabel as nib
 
     image = nib.load(str(path))
@@ -278,11 +319,12 @@ def read_channels(path: str | Path, dtype: type | None = None) -> tuple[np.ndarr
     4D image (MSD style) or the number of components of a vector image."""
     image = _read_sitk(path)
     _check_3d(path, image)
+    array = sitk.GetArrayFromImage(image)
     if Path(path).is_file() and is_nifti(path) and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
-        bad = _nifti_non_finite(path)
+        gz = _lower(path).endswith(".gz")  # read from the file's own bytes, NaN/Inf kept
+        bad = int(array.size - np.count_nonzero(np.isfinite(array))) if gz else _nifti_non_finite(path)
         if bad:
             raise ImageError(f"{path}: has {bad} NaN/Inf voxels; fix or mask them before using the image")
-    array = sitk.GetArrayFromImage(image)
     if image.GetDimension() == 4:
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise ImageError(f"{path}: a 4D image with vector voxels is not supported")
@@ -503,6 +545,26 @@ def ensure_writable(path: str | Path) -> None:
         raise ImageError(f"{path}: not writable (check the folder's permissions)")
 
 
+@contextmanager
+def image_output(path: Path) -> Iterator[Path]:
+    """A temporary path for an image output (:func:`cldl.atomic.atomic_path`): renamed onto ``path`` once the
+    written file is checked complete, removed otherwise (ITK reports no error when a NIfTI write hits a full disk)."""
+    with atomic_path(path) as tmp:
+        try:
+            yield tmp
+        except RuntimeError as exc:  # ITK's write errors: one line and the free space
+            raise OSError(f"{path}: not written ({_reason(exc)}; {_free_space(path)})") from None
+        problem = payload_problem(tmp)
+        if problem is not None:
+            raise OSError(f"{path}: not written: the new file came out {problem} ({_free_space(path)})")
+
+
+def _free_space(path: Path) -> str:
+    """``"12.3 MB free on its file system"``."""
+    free = shutil.disk_usage(path.parent if str(path.parent) else ".").free
+    return f"{free / 1e6:.1f} MB free on its file system"
+
+
 def _source_matches(geometry: Geometry) -> bool:
     """Whether ``geometry.source`` exists and lies exactly on ``geometry`` (so its header can be reused)."""
     if geometry.source is None or not Path(geometry.source).is_file():
@@ -594,12 +656,13 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | Path, compres
         array = array.astype(np.uint8)
     ensure_writable(path)
     header = _source_header(geometry) if is_nifti(path) else None
-    if header is not None:
-        _write_nifti_with_header(array, header, path)
-        return path
-    image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
-    sitk.WriteImage(image, str(path), compress)
-    _copy_nrrd_space(geometry, path)
+    with image_output(path) as tmp:
+        if header is not None:
+            _write_nifti_with_header(array, header, tmp)
+        else:
+            image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
+            sitk.WriteImage(image, str(tmp), compress)
+            _copy_nrrd_space(geometry, tmp)
     return path
 
 
@@ -640,8 +703,9 @@ def write_segmentation(labels: np.ndarray, geometry: Geometry, path: str | Path,
         image.SetMetaData(prefix + "Layer", "0")
         image.SetMetaData(prefix + "Extent", extent)
         image.SetMetaData(prefix + "Tags", f"{CLASS_TAG}:{abbreviation}|Segmentation.Status:completed|")
-    sitk.WriteImage(image, str(path), True)
-    _copy_nrrd_space(geometry, path)
+    with image_output(path) as tmp:
+        sitk.WriteImage(image, str(tmp), True)
+        _copy_nrrd_space(geometry, tmp)
     return path
 
 
@@ -674,27 +738,29 @@ def write_unit_interval(array: np.ndarray, geometry: Geometry, path: str | Path)
     if array.shape[-3:] != tuple(geometry.shape):
         raise ValueError(f"array shape {array.shape} does not match the geometry {geometry.shape}")
     if not is_nifti(path):
-        if array.ndim == 4:
-            image = sitk.JoinSeries([geometry.apply(sitk.GetImageFromArray(c.astype(np.float32))) for c in array])
-            sitk.WriteImage(image, str(path), True)
-            return path
-        return write_image(array.astype(np.float32), geometry, path)
+        if array.ndim == 3:
+            return write_image(array.astype(np.float32), geometry, path)
+        image = sitk.JoinSeries([geometry.apply(sitk.GetImageFromArray(c.astype(np.float32))) for c in array])
+        with image_output(path) as tmp:
+            sitk.WriteImage(image, str(tmp), True)
+        return path
     import nibabel as nib
 
     quantised = np.empty(array.shape, dtype=np.uint8)
     for index in np.ndindex(array.shape[:-3]):  # channel by channel: no full float32 copy of a 4D array
         quantised[index] = np.clip(np.rint(array[index].astype(np.float32) * 255.0), 0, 255)
     header = _source_header(geometry)
-    if header is not None:
-        _write_nifti_with_header(quantised, header, path, slope=1.0 / 255.0)
-        return path
-    data = quantised.transpose(2, 1, 0) if array.ndim == 3 else quantised.transpose(3, 2, 1, 0)
-    image = nib.Nifti1Image(np.ascontiguousarray(data), affine_ras(geometry))
-    image.header.set_slope_inter(1.0 / 255.0, 0.0)
-    image.header.set_xyzt_units("mm")
-    image.set_qform(affine_ras(geometry), code=1)
-    image.set_sform(affine_ras(geometry), code=1)
-    nib.save(image, str(path))
+    with image_output(path) as tmp:
+        if header is not None:
+            _write_nifti_with_header(quantised, header, tmp, slope=1.0 / 255.0)
+            return path
+        data = quantised.transpose(2, 1, 0) if array.ndim == 3 else quantised.transpose(3, 2, 1, 0)
+        image = nib.Nifti1Image(np.ascontiguousarray(data), affine_ras(geometry))
+        image.header.set_slope_inter(1.0 / 255.0, 0.0)
+        image.header.set_xyzt_units("mm")
+        image.set_qform(affine_ras(geometry), code=1)
+        image.set_sform(affine_ras(geometry), code=1)
+        nib.save(image, str(tmp))
     return path
 
 

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from cldl.atomic import atomic_path
 from cldl.io import (
     IMAGE_SUFFIXES,
     SEG_SUFFIX,
@@ -806,11 +807,20 @@ def evaluate_folders_or_files(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate one prediction file against one reference file, or every reference of a folder (a folder of label
-    files, or a dataset folder in any layout cldl reads) against the prediction with the same case id."""
+    files, or a dataset folder in any layout cldl reads) against the prediction with the same case id.
+
+    With folders, a case that cannot be evaluated (a damaged or unreadable file, another grid) is returned as
+    ``{"case", "error"}`` and the other cases are still evaluated; with two files its error is raised.
+    """
     items = match_cases(pred, ref, task, probabilities, uncertainty, mask)
     results = []
     for index, item in enumerate(items):
-        results.append(evaluate_case(item, task))
+        try:
+            results.append(evaluate_case(item, task))
+        except ValueError as exc:
+            if not Path(pred).is_dir():
+                raise
+            results.append({"case": item.case, "error": str(exc).strip().splitlines()[0]})
         if progress is not None:
             progress(index + 1, len(items))
     return results
@@ -856,7 +866,7 @@ def write_csv(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """The per-case CSV: columns case, region, then every metric (empty where it does not apply)."""
     path = Path(path)
     metrics = _metric_order(results)
-    with path.open("w", newline="") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["case", "region", *metrics])
         for row in result_rows(results):

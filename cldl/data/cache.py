@@ -5,8 +5,8 @@ preprocessing parameters, the task's modalities and label values, how the case's
 map) and each file's resolved path, size and modification time. Changing any of them gives a new entry, so an entry
 is never stale; old entries are simply no longer used (delete the folder to reclaim the space).
 
-Entries are written to a temporary folder and renamed into place, so concurrent writers (several training
-processes) and interrupted runs never leave a half-written entry. The arrays are opened with
+Entries are written to a temporary folder and renamed into place (:mod:`cldl.atomic`), so concurrent writers
+(several training processes) and interrupted runs never leave a half-written entry. The arrays are opened with
 ``np.load(mmap_mode="c")``: the operating system keeps them in its page cache, so after the first epoch (and in
 later runs) reading a case costs what reading memory costs, and training sets larger than memory still work.
 
@@ -20,12 +20,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..io import Geometry
 from ..tasks import Task
 from .datasets import CaseFiles, load_case
@@ -119,31 +119,26 @@ class PreprocessCache:
     def put(self, key: str, case: Preprocessed) -> None:
         """Store a case atomically (a concurrent writer of the same entry wins harmlessly)."""
         target = self.entry(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=target.parent))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a cache may be shared
         try:
-            np.save(tmp / "images.npy", np.ascontiguousarray(case.images, dtype=np.float32))
-            if case.labels is not None:
-                np.save(tmp / "labels.npy", np.ascontiguousarray(case.labels))
-            meta = {
-                "bbox": [list(pair) for pair in case.bbox],
-                "input_shape": list(case.input_shape),
-                "grid_shape": list(case.grid_shape),
-                "grid": None if case.grid is None else case.grid.to_dict(),
-                "input_geometry": None if case.input_geometry is None else case.input_geometry.to_dict(),
-                "orientation": {"axes": list(case.orientation.axes), "flips": list(case.orientation.flips)},
-                "resampled": case.resampled,
-                "has_labels": case.labels is not None,
-            }
-            (tmp / "meta.json").write_text(json.dumps(meta))  # written last: an entry with meta.json is complete
-            try:
-                os.replace(tmp, target)
-            except OSError:
-                if not (target / "meta.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with atomic_path(target) as tmp:
+                tmp.mkdir()
+                np.save(tmp / "images.npy", np.ascontiguousarray(case.images, dtype=np.float32))
+                if case.labels is not None:
+                    np.save(tmp / "labels.npy", np.ascontiguousarray(case.labels))
+                meta = {
+                    "bbox": [list(pair) for pair in case.bbox],
+                    "input_shape": list(case.input_shape),
+                    "grid_shape": list(case.grid_shape),
+                    "grid": None if case.grid is None else case.grid.to_dict(),
+                    "input_geometry": None if case.input_geometry is None else case.input_geometry.to_dict(),
+                    "orientation": {"axes": list(case.orientation.axes), "flips": list(case.orientation.flips)},
+                    "resampled": case.resampled,
+                    "has_labels": case.labels is not None,
+                }
+                (tmp / "meta.json").write_text(json.dumps(meta))  # written last: an entry with meta.json is complete
+        except OSError:
+            if not (target / "meta.json").is_file():  # another process stored the same entry first: fine
+                raise
 
 
 def open_cache(setting: str | None) -> PreprocessCache | None:
