@@ -3,13 +3,18 @@
 Every JSON line is one object with an ``"event"`` key: ``progress`` (``stage``, ``done``, ``total``),
 ``metrics`` (``stage``, ``epoch``, values), ``log`` (``message``), ``result`` (paths and figures) or
 ``error`` (``message``).
+
+A reader that goes away (Slicer closed) does not stop the engine: once stdout is a broken pipe, events are dropped
+there and still appended to :attr:`Reporter.log_file` (the run folder's ``events.jsonl``) when one is set.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 PROGRESS_MODES = ("bar", "jsonl", "none")
@@ -38,15 +43,49 @@ class Reporter:
         self.stream = stream
         self._bar = None
         self._bar_stage: str | None = None
+        #: JSON-lines file that also receives every event but ``progress`` (e.g. a run folder's ``events.jsonl``).
+        self.log_file: Path | None = None
+        #: Set once the output stream is gone (the reading process closed its end of the pipe).
+        self.stream_gone = False
 
     def emit(self, event: str, **fields: Any) -> None:
         """Send one event."""
-        if self.mode == "jsonl":
-            stream = self.stream or sys.stdout
-            stream.write(json.dumps(_clean({"event": event, **fields})) + "\n")
-            stream.flush()
-        elif self.mode == "bar":
-            self._show(event, fields)
+        line = json.dumps(_clean({"event": event, **fields})) + "\n"
+        if self.log_file is not None and event != "progress":
+            self._append_log(line)
+        if self.stream_gone:
+            return
+        try:
+            if self.mode == "jsonl":
+                stream = self.stream or sys.stdout
+                stream.write(line)
+                stream.flush()
+            elif self.mode == "bar":
+                self._show(event, fields)
+        except (BrokenPipeError, ValueError):  # ValueError: the stream was closed in this process
+            self._lose_stream()
+
+    def _append_log(self, line: str) -> None:
+        """Append one event to :attr:`log_file` if its folder exists (a full disk must not end the run)."""
+        try:
+            if self.log_file.parent.is_dir():
+                with self.log_file.open("a") as handle:
+                    handle.write(line)
+        except OSError:
+            pass
+
+    def _lose_stream(self) -> None:
+        """Stop writing to a broken stream; point a broken stdout/stderr at the null device so exit flushes work."""
+        self.stream_gone = True
+        self._bar = None
+        stream = self.stream or (sys.stdout if self.mode == "jsonl" else sys.stderr)
+        try:
+            fd = stream.fileno()
+        except (OSError, ValueError):
+            return
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
 
     def progress(self, stage: str, done: int, total: int, **fields: Any) -> None:
         """Report ``done`` of ``total`` steps of ``stage``."""
@@ -59,7 +98,10 @@ class Reporter:
     def close(self) -> None:
         """Close a progress bar if one is open."""
         if self._bar is not None:
-            self._bar.close()
+            try:
+                self._bar.close()
+            except (BrokenPipeError, ValueError):
+                self._lose_stream()
             self._bar = None
 
     def _show(self, event: str, fields: dict[str, Any]) -> None:
