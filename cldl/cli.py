@@ -228,6 +228,13 @@ def _run(handler: Callable[[argparse.Namespace, Reporter], int], args: argparse.
         reporter.close()
 
 
+def _error_line(reporter: Reporter, message: str) -> None:
+    """A failure that does not end the command (one case of many): a ``cldl: error:`` line and a ``log`` event."""
+    if reporter.mode == "jsonl":
+        reporter.emit("log", message=f"error: {message}")
+    print(f"cldl: error: {message}", file=sys.stderr)
+
+
 def _check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> None:
     """Refuse outputs that would replace an input, collide, exist (without overwrite) or cannot be written."""
     from .io import ensure_writable
@@ -248,6 +255,7 @@ def _check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> 
 
 def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl segment``."""
+    from .atomic import atomic_outputs
     from .checkpoint import check_task
     from .infer import Predictor
     from .io import write_labels, write_unit_interval
@@ -273,11 +281,12 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
         uncertainty=args.uncertainty_map,
         progress=lambda done, total: reporter.progress("inference", done, total),
     )
-    write_labels(prediction.labels, geometry, args.output, predictor.task)
-    if args.uncertainty:
-        write_unit_interval(prediction.uncertainty, geometry, args.uncertainty)
-    if args.probabilities:
-        write_unit_interval(prediction.probabilities, geometry, args.probabilities)
+    with atomic_outputs() as staged:  # all outputs or none; existing files stay untouched on failure
+        write_labels(prediction.labels, geometry, staged.path(args.output), predictor.task)
+        if args.uncertainty:
+            write_unit_interval(prediction.uncertainty, geometry, staged.path(args.uncertainty))
+        if args.probabilities:
+            write_unit_interval(prediction.probabilities, geometry, staged.path(args.probabilities))
     volumes = {
         name: int(np.count_nonzero(prediction.classes == index)) * float(np.prod(geometry.spacing)) / 1000.0
         for index, name in enumerate(predictor.task.abbreviations or predictor.task.class_names)
@@ -351,6 +360,7 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
 
 def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl evaluate``."""
+    from .atomic import atomic_outputs
     from .metrics import evaluate_folders_or_files, markdown_table, summarize, write_csv
     from .tasks import get_task
 
@@ -371,10 +381,17 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
         mask=args.mask,
         progress=lambda done, total: reporter.progress("evaluate", done, total),
     )
+    failed = [r for r in results if "error" in r]
+    results = [r for r in results if "error" not in r]
+    if failed:
+        reporter.close()  # the progress bar's line ends before the error lines
+    for failure in failed:  # each on its own line; the other cases are evaluated and reported
+        _error_line(reporter, f"case {failure['case']}: {failure['error']}")
     summary = summarize(results)
     table = markdown_table(summary, len(results), task.name)
+    if failed:
+        table += f"\nnot evaluated ({len(failed)}): " + ", ".join(f["case"] for f in failed) + "\n"
     if reports:
-        write_csv(results, reports["metrics.csv"])
         document = {
             "task": task.name,
             "pred": str(args.pred),
@@ -382,22 +399,29 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
             "cases": len(results),
             "summary": summary,
             "per_case": results,
+            "errors": failed,
             "conventions": {
                 "empty": "both empty: Dice 1, HD95/ASSD 0; one empty: Dice 0, HD95/ASSD = image diagonal (mm)",
                 "ece_bins": 15,
                 "qu_brats_thresholds": 41,
             },
         }
-        reports["summary.json"].write_text(json.dumps(_clean_json(document), indent=2, default=_json_float))
-        reports["summary.md"].write_text(table)
-        reporter.emit("result", **{k.replace(".", "_"): str(v) for k, v in reports.items()}, cases=len(results))
+        with atomic_outputs() as staged:
+            write_csv(results, staged.path(reports["metrics.csv"]))
+            text = json.dumps(_clean_json(document), indent=2, default=_json_float)
+            staged.path(reports["summary.json"]).write_text(text, encoding="utf-8")
+            staged.path(reports["summary.md"]).write_text(table, encoding="utf-8")
+        if not failed:
+            reporter.emit("result", **{k.replace(".", "_"): str(v) for k, v in reports.items()}, cases=len(results))
     if args.json:
-        print(json.dumps({"task": task.name, "cases": results, "summary": summary}, indent=2, default=_json_float))
-        return 0
-    if reporter.mode != "jsonl":
+        document = {"task": task.name, "cases": results, "summary": summary, "errors": failed}
+        print(json.dumps(document, indent=2, default=_json_float))
+    elif reporter.mode != "jsonl":
         print(table, end="")
         if reports:
             print(f"wrote {', '.join(str(p) for p in reports.values())}")
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(failed) + len(results)} case(s) could not be evaluated (see above)")
     return 0
 
 

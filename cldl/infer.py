@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import Checkpoint, check_task, load_checkpoint
-from .data.datasets import check_modality_order
+from .data.datasets import check_mixups, check_modality_order
 from .data.preprocess import InputError, Preprocessed, input_grid_probabilities, preprocess, stack_channels
 from .defaults import OVERLAP
 from .distributions import UNCERTAINTY_MAPS
@@ -176,6 +176,7 @@ class Predictor:
             )
         names = [f"{m} ({n})" for m, n in zip(task.modalities, names)]
         images, geometry = stack_channels(arrays, geometries, names, self.checkpoint.preprocess.image_kind)
+        check_mixups(images, names)
         return self.predict(images, geometry=geometry, **kwargs), geometry
 
     def predict(

@@ -18,12 +18,13 @@ Layouts (auto-detected by :func:`detect_dataset`; docs/datasets.md has the detai
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import random
 import re
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ from .preprocess import (
 NIFTI = (".nii.gz", ".nii")
 LABEL_TOKENS = ("seg", "label", "labels")
 CASE_LISTS = ("cases.csv", "cases.json")
+LABEL_LIKE_VALUES = 12  # an image with at most this many distinct integer values looks like a label map
+SAME_CONTRAST_CORRELATION = 0.99  # two modalities correlated above this look like the same contrast
+MIXUP_SAMPLE = 1 << 20  # voxels per channel the mix-up checks look at
 MODALITY_ALIASES = {  # other names of the BraTS modalities (BraTS 2023+, MSD, nnU-Net conversions)
     "flair": ("flair", "t2f", "t2flair", "t2-flair"),
     "t1": ("t1", "t1n", "t1w", "t1-native"),
@@ -164,7 +168,9 @@ def modality_from_name(path: str | Path, task: Task) -> str | None:
 
 
 def check_modality_order(paths: list[str | Path], task: Task) -> None:
-    """Refuse images given in another order than the task's when their file names say so."""
+    """Refuse one file given for two modalities, and images given in another order than the task's when their
+    file names say so."""
+    check_distinct_files(paths, task.modalities)
     if len(paths) != task.num_modalities or task.num_modalities < 2:
         return
     named = [modality_from_name(p, task) for p in paths]
@@ -172,6 +178,55 @@ def check_modality_order(paths: list[str | Path], task: Task) -> None:
         return
     given = ", ".join(f"{Path(p).name} ({m})" for p, m in zip(paths, named))
     raise InputError(f"the images are in the wrong order: {given}; give them as {', '.join(task.modalities)}")
+
+
+def check_distinct_files(paths: Sequence[str | Path], modalities: Sequence[str]) -> None:
+    """Refuse the same file given for two modalities."""
+    seen: dict[Path, str] = {}
+    for path, modality in zip(paths, modalities):
+        key = Path(path).resolve()
+        if key in seen:
+            raise InputError(f"{path} is given for both {seen[key]} and {modality}; each modality needs its own image")
+        seen[key] = modality
+
+
+def mixup_problems(images: np.ndarray, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Signs of mixed-up inputs in ``images`` (C x z x y x): errors (two channels with identical voxels) and
+    warnings (a channel that looks like a label map, two channels that look like the same contrast). Measured on
+    a regular sample of at most ~1M voxels per channel."""
+    errors, notes = [], []
+    step = max(1, images[0].size // MIXUP_SAMPLE)
+    samples = [np.ravel(channel)[::step].astype(np.float64) for channel in images]
+    for sample, name in zip(samples, names):
+        values = np.unique(sample)
+        # (a constant channel is refused by image_problems, not reported here)
+        if 2 <= values.size <= LABEL_LIKE_VALUES and np.array_equal(values, np.round(values)):
+            listed = ", ".join(f"{v:g}" for v in values)
+            notes.append(f"{name} looks like a label map (only the values {listed}), not an image")
+    for i, j in itertools.combinations(range(len(samples)), 2):
+        a, b = samples[i], samples[j]
+        if np.array_equal(a, b) and np.array_equal(images[i], images[j]):
+            errors.append(f"{names[i]} and {names[j]} hold identical voxels: the same image is given twice")
+            continue
+        inside = (a != 0) | (b != 0)
+        if np.count_nonzero(inside) < 2 or a[inside].std() == 0 or b[inside].std() == 0:
+            continue
+        correlation = float(np.corrcoef(a[inside], b[inside])[0, 1])
+        if correlation > SAME_CONTRAST_CORRELATION:
+            notes.append(
+                f"{names[i]} and {names[j]} look like the same contrast (voxel correlation {correlation:.3f}); "
+                "is one image given twice?"
+            )
+    return errors, notes
+
+
+def check_mixups(images: np.ndarray, names: Sequence[str]) -> None:
+    """Refuse identical channels (InputError) and warn about channels that look mixed up (see mixup_problems)."""
+    errors, notes = mixup_problems(images, names)
+    if errors:
+        raise InputError(errors[0])
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
 
 
 def _channel_order(names: dict[int, str], task: Task) -> tuple[tuple[int, ...] | None, str]:
@@ -646,6 +701,10 @@ def _modality_arrays(case: CaseFiles, task: Task) -> tuple[list[np.ndarray], lis
             f"case {case.case_id}: {len(case.images)} image(s) for task {task.name}, which needs "
             f"{task.num_modalities} ({', '.join(task.modalities)})"
         )
+    try:
+        check_distinct_files(case.images, task.modalities)
+    except InputError as exc:
+        raise InputError(f"case {case.case_id}: {exc}") from None
     for path, modality in zip(case.images, task.modalities):
         data, geometry = read_channels(path, np.float32)
         if data.shape[0] != 1:
@@ -698,6 +757,10 @@ def read_case(
     (or None) and notes on stray label values; modalities or labels on another grid are resampled with a warning."""
     arrays, geometries, names = _modality_arrays(case, task)
     images, geometry = stack_channels(arrays, geometries, names, image_kind)
+    try:
+        check_mixups(images, names)
+    except InputError as exc:
+        raise InputError(f"case {case.case_id}: {exc}") from None
     labels, notes = None, []
     if case.label is not None:
         try:
@@ -814,8 +877,11 @@ def _check_case(case: CaseFiles, task: Task, report: CheckReport) -> None:
                     if str(inner) not in message:
                         report.problems.append(prefix + str(inner))
         arrays = []
-    for problem in image_problems(np.stack(arrays), names) if arrays and _same_shape(arrays) else []:
-        report.problems.append(prefix + problem)
+    if arrays and _same_shape(arrays):
+        stacked = np.stack(arrays)
+        errors, notes = mixup_problems(stacked, names)
+        report.problems += [prefix + problem for problem in image_problems(stacked, names) + errors]
+        report.warnings += [prefix + note for note in notes]
     if arrays and not _same_shape(arrays):
         for array, name in zip(arrays, names):
             for problem in image_problems(array[np.newaxis], [name]):
@@ -888,10 +954,13 @@ __all__ = [
     "CheckReport",
     "Dataset",
     "check_dataset",
+    "check_distinct_files",
+    "check_mixups",
     "detect_dataset",
     "discover_cases",
     "load_case",
     "map_label_values",
+    "mixup_problems",
     "read_case",
     "split_cases",
 ]
