@@ -1,0 +1,109 @@
+"""Widget smoke test (issue 9): both module files import and their widgets' ``setup()`` runs on a real MRML scene
+(slicer-core) with stand-ins only for Qt/CTK widgets and the Python packages the wheel lacks (slicer_standins).
+slicer.util, MRML and the Lib are real: a name that does not exist (e.g. ``slicer.util.toList``) fails here."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import slicer
+import slicer_standins as standins
+import slicer_testing  # noqa: F401  (puts the module folders on sys.path)
+from slicer_testing import add_volume, new_scene
+
+CHECKPOINTS_SETTING = "CLDL/Checkpoints"
+
+
+@pytest.fixture
+def slicerApp(monkeypatch: pytest.MonkeyPatch):
+    """A real scene as ``slicer.mrmlScene``; fake ``qt``/``ctk``; loadUI/childWidgetVariables over the .ui files."""
+    settings: dict = {}
+    monkeypatch.setitem(sys.modules, "qt", standins.fakeQt(settings))
+    monkeypatch.setitem(sys.modules, "ctk", standins.fakeCtk())
+    for name, module in standins.slicerPackages().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    for name in ("CLDLSegmentation", "CLDLTraining"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(slicer, "qMRMLNodeComboBox", standins.FakeNodeComboBox, raising=False)
+    monkeypatch.setattr(slicer.util, "loadUI", lambda path: standins.FakeWidget(str(path), "QWidget"))
+    monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda root: standins.widgetsOf(root.objectName))
+    standins.Timers.queue.clear()
+    scene = new_scene()
+    slicer.mrmlScene = scene
+    yield settings
+    del slicer.mrmlScene
+    scene.Clear(1)
+
+
+def _segmentationWidget(monkeypatch: pytest.MonkeyPatch, queried: list):
+    module = importlib.import_module("CLDLSegmentation")
+
+    def startEngineInfo(paths, onDone, singleShot):
+        queried.append(list(paths))
+        onDone(None, "no engine in this test")
+
+    monkeypatch.setattr(module, "startEngineInfo", startEngineInfo)
+    widget = module.CLDLSegmentationWidget()
+    widget.setup()
+    return module, widget
+
+
+@pytest.mark.parametrize("stored", ["one", "list", "empty", "unset"])
+def test_segmentation_setup_fills_models_and_inputs(slicerApp, monkeypatch, tmp_path: Path, stored: str) -> None:
+    """A stored checkpoint setting that is a string (one item, as Slicer's INI returns it), a list or empty."""
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    first.write_bytes(b"x")
+    second.write_bytes(b"x")
+    value = {"one": str(first), "list": [str(first), str(second)], "empty": ""}.get(stored)
+    if stored != "unset":
+        slicerApp[CHECKPOINTS_SETTING] = value
+    for name in ("BraTS_flair", "BraTS_t1", "BraTS_t1ce", "BraTS_t2"):
+        add_volume(slicer.mrmlScene, slicer_testing.np.zeros((4, 4, 4), "float32"), name)
+    queried: list = []
+    module, widget = _segmentationWidget(monkeypatch, queried)
+
+    expected = {"one": [str(first)], "list": [str(first), str(second)]}.get(stored, [])
+    assert queried == [expected]
+    assert widget.ui.deviceInfoLabel.text.startswith("Cannot query the engine")
+    combo = widget.ui.modelComboBox
+    assert combo.items and combo.currentIndex == combo.findData(widget._parameterNode.model) >= 0
+    modalities = widget._currentModel().modalities
+    rows = widget.ui.inputVolumesWidget.layout().rows
+    assert [label for label, _ in rows] == [f"{m}:" for m in modalities]
+    assert all(selector.currentNode() is not None for _, selector in rows), "inputs guessed from the volume names"
+    assert widget.ui.applyButton.enabled is True
+    signals = {w.objectName: [s for s, _ in w.connections] for w in vars(widget.ui).values() if w.connections}
+    assert signals["modelComboBox"] == ["currentIndexChanged(int)"] and signals["applyButton"] == ["clicked(bool)"]
+    for _, selector in rows:
+        assert [s for s, _ in selector.connections] == ["currentNodeChanged(vtkMRMLNode*)"]
+    widget.cleanup()
+
+
+def test_segmentation_setup_fails_on_a_missing_slicer_name(slicerApp, monkeypatch) -> None:
+    """The smoke test can fail: a call to a name slicer.util lacks (the old ``toList``) raises in setup()."""
+    module = importlib.import_module("CLDLSegmentation")
+    monkeypatch.setattr(module, "storedPaths", lambda value: slicer.util.toList(value))
+    with pytest.raises(AttributeError, match="toList"):
+        module.CLDLSegmentationWidget().setup()
+
+
+def test_training_setup_binds_paths_and_buttons(slicerApp, tmp_path: Path) -> None:
+    module = importlib.import_module("CLDLTraining")
+    widget = module.CLDLTrainingWidget()
+    widget.setup()
+    ui = widget.ui
+    assert ui.dataDirPathLineEdit.filters == standins.FakePathLineEdit.Dirs
+    assert ui.configPathLineEdit.filters == standins.FakePathLineEdit.Files
+    assert ui.chartComboBox.items == [(c, None) for c in module.CHARTS]
+    assert not ui.startButton.enabled and not ui.resumeButton.enabled and not ui.stopButton.enabled
+    for name in module.PATH_FIELDS.values():
+        assert [s for s, _ in getattr(ui, name).connections] == ["currentPathChanged(QString)"]
+    (tmp_path / "last.pt").write_bytes(b"")
+    widget._setPath("outDir", str(tmp_path))
+    widget._updateGui()
+    assert ui.resumeButton.enabled and not ui.startButton.enabled
+    assert ui.outDirPathLineEdit.currentPath == str(tmp_path)
+    widget.cleanup()
