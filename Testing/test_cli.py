@@ -135,8 +135,14 @@ def _bad_image(case: dict[str, Path], tmp_path: Path, name: str, kind: str) -> l
     elif kind == "text":
         target = tmp_path / "notes.txt"
         target.write_text("not an image\n")
-    if kind != "text":
+    elif kind == "same":  # one file given for two modalities
+        target = case["flair"]
+    elif kind == "copy":  # a copy of another modality's file
+        target = Path(shutil.copy(case["flair"], tmp_path / f"{name}_copy.nii.gz"))
+    if kind in ("nan", "zero", "shifted", "truncated"):
         write_image(array, geometry, target)
+    if kind == "truncated":  # an interrupted copy
+        target.write_bytes(target.read_bytes()[: target.stat().st_size * 2 // 3])
     return [str(target) if m == name else str(case[m]) for m in BRATS.modalities]
 
 
@@ -146,6 +152,9 @@ ERROR_CASES = {
     "all_zero": "all-zero",
     "different_grids": "does not overlap",  # overlapping grids are resampled with a warning (issue 3)
     "not_an_image": "not a readable image",
+    "truncated_input": "truncated: ",
+    "same_file_twice": "is given for both flair and t1",
+    "identical_copy": "hold identical voxels",
     "other_task": "not 'mmwhs_ct'",
     "unwritable_output": "cannot create the folder" if os.geteuid() == 0 else "not writable",
     "output_is_an_input": "one of the inputs",
@@ -174,6 +183,12 @@ def test_segment_errors_are_one_line_and_touch_nothing(
         images = _bad_image(case, tmp_path, "t1ce", "shifted")
     elif name == "not_an_image":
         images = _bad_image(case, tmp_path, "t1", "text")
+    elif name == "truncated_input":
+        images = _bad_image(case, tmp_path, "flair", "truncated")
+    elif name == "same_file_twice":
+        images = _bad_image(case, tmp_path, "t1", "same")
+    elif name == "identical_copy":
+        images = _bad_image(case, tmp_path, "t2", "copy")
     elif name == "other_task":
         extra += ["--task", "mmwhs_ct"]
     elif name == "unwritable_output":

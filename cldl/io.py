@@ -552,8 +552,9 @@ def image_output(path: Path) -> Iterator[Path]:
     with atomic_path(path) as tmp:
         try:
             yield tmp
-        except RuntimeError as exc:  # ITK's write errors: one line and the free space
-            raise OSError(f"{path}: not written ({_reason(exc)}; {_free_space(path)})") from None
+        except (RuntimeError, OSError) as exc:  # ITK's and nibabel's write errors: one line, with the free space
+            reason = _reason(exc) if isinstance(exc, RuntimeError) else exc.strerror or str(exc)
+            raise OSError(f"{path}: not written ({reason}; {_free_space(path)})") from None
         problem = payload_problem(tmp)
         if problem is not None:
             raise OSError(f"{path}: not written: the new file came out {problem} ({_free_space(path)})")
