@@ -352,7 +352,7 @@ def test_segment_failure_while_writing_keeps_every_existing_output(
     args += ["--uncertainty", str(out / "unc.nii.gz"), "--overwrite", "--device", "cpu", "--progress", "none"]
     assert main(args) == 1
     err = capfd.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith("cldl: error:") and "No space left" in err[0]
+    assert len(err) == 1 and err[0].startswith(f"cldl: error: {out / 'unc.nii.gz'}: not written (No space left")
     assert sorted(p.name for p in out.iterdir()) == ["seg.nii.gz", "unc.nii.gz"]
     assert all((out / name).read_bytes() == b"previous result" for name in ("seg.nii.gz", "unc.nii.gz"))
 

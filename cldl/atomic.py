@@ -54,6 +54,15 @@ class StagedOutputs:
         self._staged.clear()
 
 
+def final_path(path: str | Path) -> Path:
+    """The target a staged path will be renamed to (the path itself when it is not staged), for messages."""
+    path = Path(path)
+    folder = path.parent
+    if folder.name.startswith(f".{path.name}.") and folder.name.endswith(PART_SUFFIX):
+        return final_path(folder.parent / path.name)
+    return path
+
+
 @contextmanager
 def atomic_outputs() -> Iterator[StagedOutputs]:
     """Stage several files: all are renamed into place when the block succeeds, none when it fails."""

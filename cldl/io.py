@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path
+from .atomic import atomic_path, final_path
 from .verify import DamagedFileError, nifti_array, payload_problem, read_nifti_gz
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -549,15 +549,16 @@ def ensure_writable(path: str | Path) -> None:
 def image_output(path: Path) -> Iterator[Path]:
     """A temporary path for an image output (:func:`cldl.atomic.atomic_path`): renamed onto ``path`` once the
     written file is checked complete, removed otherwise (ITK reports no error when a NIfTI write hits a full disk)."""
+    target = final_path(path)  # the name the user gave, also when the caller staged the file
     with atomic_path(path) as tmp:
         try:
             yield tmp
         except (RuntimeError, OSError) as exc:  # ITK's and nibabel's write errors: one line, with the free space
             reason = _reason(exc) if isinstance(exc, RuntimeError) else exc.strerror or str(exc)
-            raise OSError(f"{path}: not written ({reason}; {_free_space(path)})") from None
+            raise OSError(f"{target}: not written ({reason}; {_free_space(path)})") from None
         problem = payload_problem(tmp)
         if problem is not None:
-            raise OSError(f"{path}: not written: the new file came out {problem} ({_free_space(path)})")
+            raise OSError(f"{target}: not written: the new file came out {problem} ({_free_space(path)})")
 
 
 def _free_space(path: Path) -> str:
