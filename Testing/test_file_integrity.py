@@ -17,8 +17,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from cldl import atomic
+from cldl.checkpoint import load_checkpoint, save_checkpoint
 from cldl.cli import main
 from cldl.data.cache import PreprocessCache
 from cldl.data.datasets import check_mixups, detect_dataset, mixup_problems
@@ -212,7 +214,24 @@ def test_staged_outputs_are_all_or_nothing(tmp_path: Path) -> None:
     assert (tmp_path / "a.txt").read_text() == "new a"
 
 
-def test_cache_entry_and_checkpoint_survive_a_failed_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_checkpoint_save_keeps_the_previous_checkpoint(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    target = Path(shutil.copy(tiny_checkpoint, tmp_path / "last.pt"))
+    before = target.read_bytes()
+
+    def full_disk(data, path, *args, **kwargs) -> None:
+        Path(path).write_bytes(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(checkpoint, target)
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_a_failed_cache_entry_leaves_no_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     case = detect_dataset(_dataset(tmp_path / "data", 1)).cases[0]
     cache = PreprocessCache(tmp_path / "cache")
 
