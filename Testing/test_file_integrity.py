@@ -382,3 +382,25 @@ def test_payload_problem_of_written_files(tmp_path: Path) -> None:
         assert payload_problem(path) is None
         shutil.copy(path, tmp_path / f"c{suffix}")
         assert "truncated" in payload_problem(_cut(tmp_path / f"c{suffix}", 0.5))
+
+
+def test_a_demo_that_fails_while_writing_keeps_the_previous_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cldl.demo import run_demo
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "segmentation.nii.gz").write_bytes(b"previous result")
+    real = nib.save
+
+    def save(image, path, *args, **kwargs) -> None:
+        (_raising_partial_writer(real) if Path(path).name == "probabilities.nii.gz" else real)(
+            image, path, *args, **kwargs
+        )
+
+    monkeypatch.setattr(nib, "save", save)
+    with pytest.raises(OSError, match="probabilities.nii.gz: not written"):
+        run_demo(out, device="cpu")
+    assert sorted(p.name for p in out.iterdir()) == ["inputs", "segmentation.nii.gz"]
+    assert (out / "segmentation.nii.gz").read_bytes() == b"previous result"
