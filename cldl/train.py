@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, defaults
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .curriculum import Curriculum, region_sizes
+from .data.augment import intensity_augment, spatial_matrix, transformed_patch
+from .data.augment import preset as augment_preset
 from .data.cache import open_cache
 from .data.datasets import discover_cases, load_case, split_cases
 from .data.preprocess import InputError, PreprocessConfig, Preprocessed, preprocess
@@ -45,6 +47,7 @@ from .infer import sliding_window_probabilities
 from .losses import LossConfig, cldl_loss
 from .metrics import dice
 from .model import ModelConfig, UNetLDL, count_parameters
+from .precision import cpu_has_native_bf16
 from .prefetch import BatchPrefetcher
 from .tasks import Task, get_task
 
@@ -59,11 +62,11 @@ class TrainConfig:
     val_fraction: float = 0.2
     split_seed: int = 3
     model: dict[str, Any] = field(default_factory=dict)
-    patch_size: list[int] = field(default_factory=lambda: [128, 128, 128])
+    patch_size: list[int] = field(default_factory=lambda: defaults.check_patch_size(defaults.PATCH_SIZE))
     batch_size: int = 1
-    epochs: int = 250
-    iters_per_epoch: int = 250
-    lr: float = 1e-4
+    epochs: int = defaults.EPOCHS
+    iters_per_epoch: int = defaults.ITERS_PER_EPOCH
+    lr: float = defaults.LEARNING_RATE
     betas: list[float] = field(default_factory=lambda: [0.97, 0.999])
     weight_decay: float = 1e-5
     lr_step: int = 100
@@ -71,16 +74,18 @@ class TrainConfig:
     lambda_ldl: float = 1.0
     lambda_ce: float = 1.0
     dice: str = "robust"
-    curriculum: str = "joint"
+    curriculum: str = defaults.CURRICULUM
     ramp_epochs: float = 10.0
     fg_oversample: float = 0.33
     flip_prob: float = 0.5
+    augment: str = "paper"  # none | paper (mirror flips, the authors') | nnunet (cldl.data.augment)
     seed: int = 0
     val_every: int = 1
-    val_overlap: float = 0.25  # cldl.infer.DEFAULT_OVERLAP (benchmarks/overlap.py)
+    val_overlap: float = defaults.OVERLAP
     max_val_cases: int | None = None
     device: str = "auto"
     amp: bool = True
+    cpu_bf16: bool = False  # bf16 autocast for CPU training where the CPU has native bf16 (fp32 elsewhere)
     prefetch: int = 2  # batches drawn ahead by a background thread (0: on demand); results do not depend on it
     channels_last: bool = False  # channels-last 3D memory format for the training step (GPU; measure first)
     compile: bool = False  # torch.compile the training step's network (slow first steps while it compiles)
@@ -100,6 +105,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.fg_oversample <= 1 or not 0 <= self.flip_prob <= 1:
             raise ValueError("fg_oversample and flip_prob must be in [0, 1]")
+        augment_preset(self.augment, self.flip_prob)  # names an unknown preset early
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
         unknown = sorted(set(self.model) - set(ModelConfig.__dataclass_fields__))
@@ -113,23 +119,7 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Read a JSON or YAML config file; ``overrides`` win over the file."""
-        path = Path(path)
-        text = path.read_text()
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            try:
-                data = yaml.safe_load(text) or {}
-            except yaml.YAMLError as exc:  # not a ValueError: the CLI would show a traceback
-                raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-        else:
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config file must hold a mapping of keys to values")
-        return cls.from_dict({**data, **overrides})
+        return cls.from_dict({**read_config_file(path), **overrides})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -148,8 +138,29 @@ class TrainConfig:
         return asdict(self)
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A JSON or YAML file holding a mapping, with one clear error when it is not."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:  # not a ValueError: the CLI would show a traceback
+            raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping of keys to values")
+    return data
+
+
 class PatchSampler:
-    """Seeded random patches with optional foreground-centred crops and mirror flips.
+    """Seeded random patches with optional foreground-centred crops and augmentation (:mod:`cldl.data.augment`).
 
     ``rank`` > 0 (another process of a multi-process run) draws its own stream from ``(seed, rank)``; rank 0 draws
     the single-process stream, so a one-process run is unchanged.
@@ -164,10 +175,12 @@ class PatchSampler:
         seed: int,
         pad_value: float = 0.0,
         rank: int = 0,
+        augment: str = "paper",
     ) -> None:
         self.patch = patch
         self.fg_rate = fg_rate
-        self.flip_prob = flip_prob
+        self.augmentation = augment_preset(augment, flip_prob)
+        self.pad_value = pad_value
         self.rng = np.random.default_rng(seed if rank == 0 else [seed, rank])
         self.images: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
@@ -197,9 +210,17 @@ class PatchSampler:
                 start = [int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, self.patch, shape)]
             else:
                 start = [int(self.rng.integers(s - p + 1)) for s, p in zip(shape, self.patch)]
-            window = tuple(slice(a, a + p) for a, p in zip(start, self.patch))
-            x, y = images[(slice(None),) + window], labels[window]
-            flips = [axis for axis in range(3) if self.rng.random() < self.flip_prob]
+            aug = self.augmentation
+            matrix = spatial_matrix(self.rng, aug) if aug.spatial else None
+            if matrix is None:
+                window = tuple(slice(a, a + p) for a, p in zip(start, self.patch))
+                x, y = images[(slice(None),) + window], labels[window]
+            else:
+                centre = np.array(start) + (np.array(self.patch) - 1) / 2
+                x, y = transformed_patch(images, labels, centre, self.patch, matrix, self.pad_value)
+            if aug.p_noise or aug.p_blur or aug.p_brightness or aug.p_contrast or aug.p_low_res or aug.p_gamma:
+                x = intensity_augment(self.rng, x, aug)
+            flips = [axis for axis in range(3) if self.rng.random() < aug.flip_prob]
             if flips:
                 x = np.flip(x, axis=[a + 1 for a in flips])
                 y = np.flip(y, axis=flips)
@@ -232,17 +253,43 @@ def load_dataset(
 def _phantom_dataset(
     spec: dict[str, Any], task: Task, prep: PreprocessConfig, reporter: Reporter
 ) -> tuple[list[Preprocessed], list[Preprocessed], list[str], list[str]]:
-    """Synthetic cases: ``{"train_seeds": [a, b], "val_seeds": [c, d], "shape": [z, y, x]}`` (half-open ranges)."""
+    """Synthetic cases: ``{"train_seeds": [a, b], "val_seeds": [c, d], ...}`` (half-open ranges).
+
+    ``"generator": "procedural"`` (default; ``shape``, ``spacing``) makes :mod:`cldl.data.phantoms` cases;
+    ``"generator": "anatomy"`` (BraTS only; ``anatomy``: :class:`cldl.data.anatomy.AnatomyConfig` keys) makes
+    anatomy-based cases.
+    """
     from .data import phantoms
 
-    make = {"brats": phantoms.brats_phantom, "mmwhs_ct": phantoms.mmwhs_phantom}.get(task.name)
-    if make is None:
-        raise ValueError(f"phantoms exist for the brats and mmwhs_ct tasks, not {task.name!r}")
-    unknown = set(spec) - {"train_seeds", "val_seeds", "shape", "spacing"}
+    generator = spec.get("generator", "procedural")
+    allowed = {"generator", "train_seeds", "val_seeds"} | (
+        {"anatomy"} if generator == "anatomy" else {"shape", "spacing"}
+    )
+    unknown = set(spec) - allowed
     if unknown:
-        raise ValueError(f"unknown phantom keys {sorted(unknown)}")
-    shape = tuple(spec.get("shape", (96, 96, 96)))
-    spacing = tuple(spec.get("spacing", (1.0, 1.0, 1.0)))
+        raise ValueError(f"unknown phantom keys {sorted(unknown)} for the {generator!r} generator")
+    if generator == "anatomy":
+        from .data.anatomy import AnatomyConfig, anatomy_case
+
+        if task.name != "brats":
+            raise ValueError(f"the anatomy generator makes BraTS cases, not {task.name!r}")
+        anatomy_config = AnatomyConfig.from_dict(spec.get("anatomy", {}))
+
+        def make(seed: int) -> phantoms.PhantomCase:
+            return anatomy_case(seed, anatomy_config)
+
+    elif generator == "procedural":
+        build = {"brats": phantoms.brats_phantom, "mmwhs_ct": phantoms.mmwhs_phantom}.get(task.name)
+        if build is None:
+            raise ValueError(f"phantoms exist for the brats and mmwhs_ct tasks, not {task.name!r}")
+        shape = tuple(spec.get("shape", (96, 96, 96)))
+        spacing = tuple(spec.get("spacing", (1.0, 1.0, 1.0)))
+
+        def make(seed: int) -> phantoms.PhantomCase:
+            return build(seed, shape=shape, spacing=spacing)
+
+    else:
+        raise ValueError(f"unknown phantom generator {generator!r}; use 'procedural' or 'anatomy'")
     train_seeds = range(*spec.get("train_seeds", (0, 20)))
     val_seeds = range(*spec.get("val_seeds", (10_000, 10_004)))
     out: list[list[Preprocessed]] = [[], []]
@@ -250,8 +297,9 @@ def _phantom_dataset(
     total = len(train_seeds) + len(val_seeds)
     for part, seeds in enumerate((train_seeds, val_seeds)):
         for seed in seeds:
-            case = make(seed, shape=shape, spacing=spacing)
-            out[part].append(preprocess(case.images, prep, task.modalities, task.labels_to_classes(case.labels)))
+            case = make(seed)
+            labels = task.labels_to_classes(case.labels)
+            out[part].append(preprocess(case.images, prep, task.modalities, labels, geometry=case.geometry))
             ids[part].append(case.case_id)
             reporter.progress("load", sum(map(len, out)), total)
     return out[0], out[1], ids[0], ids[1]
@@ -342,6 +390,8 @@ class Trainer:
         self.amp_dtype = None
         if config.amp and self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif config.cpu_bf16 and self.device.type == "cpu" and cpu_has_native_bf16():
+            self.amp_dtype = torch.bfloat16
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Train to ``config.epochs`` (continuing from ``last.pt`` with ``resume``); returns a summary.
@@ -380,7 +430,14 @@ class Trainer:
             val_cases, val_ids = val_cases[: config.max_val_cases], val_ids[: config.max_val_cases]
         pad_value = 0.0 if self.prep.image_kind == "mr" else float(min(c.images.min() for c in train_cases))
         sampler = PatchSampler(
-            train_cases, self.patch, config.fg_oversample, config.flip_prob, config.seed, pad_value, rank=ctx.rank
+            train_cases,
+            self.patch,
+            config.fg_oversample,
+            config.flip_prob,
+            config.seed,
+            pad_value,
+            rank=ctx.rank,
+            augment=config.augment,
         )
         start_epoch, start_iteration, best, history, partial = 0, 0, -math.inf, [], {}
         if resume:

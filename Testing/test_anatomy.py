@@ -1,0 +1,151 @@
+"""The anatomy-based case generator: determinism, label/fraction consistency, contrasts, test anatomy from a T1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cldl.data.anatomy import (
+    BASE_CONTRAST,
+    RANDOM_CONTRAST_RANGE,
+    TISSUES,
+    AnatomyConfig,
+    _contrasts,
+    anatomy_case,
+    load_t1_anatomy,
+    mni152_anatomy,
+)
+from cldl.tasks import BRATS
+
+# Half resolution over the whole BraTS field of view: the same brain, ~8x fewer voxels (about a second a case).
+SMALL = AnatomyConfig(shape=(78, 120, 120), spacing=2.0)
+
+
+def _tissue_medians(case, modality: str, classes: dict[str, int]) -> dict[str, float]:
+    image = case.images[BRATS.modalities.index(modality)]
+    return {name: float(np.median(image[case.labels == value])) for name, value in classes.items()}
+
+
+def test_same_seed_same_case_other_seed_other_case() -> None:
+    a, b, c = anatomy_case(3, SMALL), anatomy_case(3, SMALL), anatomy_case(4, SMALL)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    assert np.array_equal(a.fractions, b.fractions)
+    assert not np.array_equal(a.labels, c.labels)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 5])
+def test_labels_are_the_argmax_of_exact_fractions(seed: int) -> None:
+    case = anatomy_case(seed, SMALL)
+    f = case.fractions
+    assert f.shape == (4, *SMALL.shape) and f.dtype == np.float32
+    assert f.min() >= 0 and f.max() <= 1 + 1e-6
+    assert np.allclose(f.sum(0), 1, atol=1e-5)
+    lut = np.asarray(BRATS.label_values)
+    assert np.array_equal(case.labels, lut[f.argmax(0)])
+    assert set(np.unique(case.labels)) <= {0, 1, 2, 4}
+    assert (case.labels > 0).sum() > 0  # every case holds a tumour
+    # the tumour lies in the brain: every labelled voxel has signal in every modality
+    assert (case.images[:, case.labels > 0] > 0).mean() > 0.99
+    # partial volume: a share of the tumour boundary is mixed
+    mixed = (f[1:].sum(0) > 0.05) & (f[1:].sum(0) < 0.95)
+    assert mixed.sum() > 0.05 * (case.labels > 0).sum()
+
+
+def test_images_are_int16_valued_and_zero_outside_the_brain() -> None:
+    case = anatomy_case(7, SMALL)
+    assert case.images.shape == (4, *SMALL.shape)
+    assert np.array_equal(case.images, np.round(case.images))
+    assert case.images.min() >= 0 and case.images.max() <= 32767
+    assert (case.images.max(0) == 0).mean() > 0.5  # skull-stripped: background is exactly 0
+    assert case.geometry.spacing == (2.0, 2.0, 2.0) and case.geometry.size == (120, 120, 78)
+
+
+def test_realistic_contrasts_keep_the_tissue_orderings() -> None:
+    config = AnatomyConfig(
+        shape=SMALL.shape,
+        spacing=SMALL.spacing,
+        p_random_contrast=0.0,
+        contrast_jitter=(0.01, 0.01),
+        noise=(0.01, 0.01),
+        p_lgg=0.0,
+        p_solid=0.0,
+        rim_mm=(5.0, 6.0),
+        rim_completeness=(1.0, 1.0),
+        tumour_ml=(30.0, 40.0),
+        p_gamma=0.0,
+        p_strip_error=0.0,
+    )
+    case = anatomy_case(11, config)
+    labels = {"ed": 2, "et": 4}
+    flair = _tissue_medians(case, "flair", labels)
+    t1ce = _tissue_medians(case, "t1ce", labels)
+    t1 = _tissue_medians(case, "t1", labels)
+    assert (case.labels == 4).sum() > 0 and (case.labels == 2).sum() > 0
+    # enhancing tumour is bright on T1ce and not on T1; edema is brighter on FLAIR than enhancing tumour's T1
+    assert t1ce["et"] > 1.5 * t1["et"]
+    brain = case.images[0] > 0
+    assert flair["ed"] > np.median(case.images[0][brain & (case.labels == 0)])
+
+
+def test_contrast_draws_stay_in_their_ranges() -> None:
+    config = AnatomyConfig(p_random_contrast=0.3)
+    rng = np.random.default_rng(0)
+    random_seen = realistic_seen = 0
+    orderings = []
+    widest = config.contrast_jitter[1] * 5  # log-normal jitter: 5 sd of the widest draw
+    for _ in range(300):
+        means, random = _contrasts(rng, config)
+        assert means.shape == (4, len(TISSUES))
+        if random:
+            random_seen += 1
+            assert means.min() >= RANDOM_CONTRAST_RANGE[0] and means.max() <= RANDOM_CONTRAST_RANGE[1]
+        else:
+            realistic_seen += 1
+            ratio = np.log(means / BASE_CONTRAST)
+            assert np.abs(ratio).max() <= widest
+            # the orderings that make an MR contrast recognisable survive the jitter in most draws
+            orderings.append((means[3, 0] > means[3, 2], means[2, 6] > means[2, 2], means[0, 0] < means[0, 2]))
+    assert 50 < random_seen < 130 and realistic_seen > 170
+    assert np.mean(orderings, axis=0).min() > 0.9  # T2: CSF > WM; T1ce: ET > WM; FLAIR: CSF < WM
+
+
+def test_lgg_like_cases_have_no_enhancing_tumour() -> None:
+    config = AnatomyConfig(shape=SMALL.shape, spacing=SMALL.spacing, p_lgg=1.0)
+    for seed in (0, 1):
+        case = anatomy_case(seed, config)
+        assert (case.labels == 4).sum() == 0 and (case.labels > 0).sum() > 0
+
+
+def test_config_names_unknown_keys() -> None:
+    with pytest.raises(ValueError, match="tumor_ml"):
+        AnatomyConfig.from_dict({"tumor_ml": [1, 2]})
+    assert AnatomyConfig.from_dict({"tumour_ml": [1, 2]}).tumour_ml == (1, 2)
+
+
+def test_atlas_tissues_partition_the_brain() -> None:
+    atlas = mni152_anatomy()
+    assert atlas.brain.shape == atlas.gm.shape == atlas.wm.shape
+    csf = atlas.brain - atlas.gm - atlas.wm
+    assert csf.min() >= -1e-6
+    brain_ml = (atlas.brain > 0.5).sum() / 1000
+    assert 1400 < brain_ml < 2200
+    assert 0.3 < atlas.wm.sum() / atlas.brain.sum() < 0.5
+
+
+def test_test_anatomy_from_a_t1_recovers_the_tissues(tmp_path: Path) -> None:
+    """A T1 made from the atlas's own tissue maps (written as RAS NIfTI) gives back its white matter."""
+    atlas = mni152_anatomy()
+    t1_lps = (0.35 * (atlas.brain - atlas.gm - atlas.wm) + 0.7 * atlas.gm + 1.0 * atlas.wm) * 100
+    ras = np.ascontiguousarray(t1_lps[:, ::-1, ::-1].transpose(2, 1, 0))  # back to nibabel's (i, j, k) RAS order
+    path = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(ras.astype(np.float32), np.eye(4)), path)
+    test = load_t1_anatomy(path)
+    assert test.brain.shape == atlas.brain.shape
+    a, b = test.wm > 0.5, atlas.wm > 0.5
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.85
+    with pytest.raises(ValueError, match="1 mm"):
+        nib.save(nib.Nifti1Image(ras.astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "t2mm.nii.gz")
+        load_t1_anatomy(tmp_path / "t2mm.nii.gz")
