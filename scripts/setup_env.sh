@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment in .venv and install cldl into it.
-#   scripts/setup_env.sh          runtime only (torch, numpy, SimpleITK, nibabel, vtk for snapshots)
+#   scripts/setup_env.sh          runtime (torch, numpy, SimpleITK, nibabel, vtk for snapshots, nilearn's atlas)
 #   scripts/setup_env.sh --test   plus the test tools (pytest, medpy, surface-distance, scipy, ruff)
 # Idempotent: a stamp records what was installed; nothing is reinstalled unless pyproject.toml or
 # constraints.txt changed. torch is pinned through constraints.txt (never let pip choose another build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="render"
-[ "${1:-}" = "--test" ] && extras="render,test"
+extras="render,anatomy"
+[ "${1:-}" = "--test" ] && extras="render,anatomy,test"
 
 python="${PYTHON:-python3}"
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
