@@ -149,3 +149,21 @@ def test_test_anatomy_from_a_t1_recovers_the_tissues(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="1 mm"):
         nib.save(nib.Nifti1Image(ras.astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "t2mm.nii.gz")
         load_t1_anatomy(tmp_path / "t2mm.nii.gz")
+
+
+def test_synth_command_writes_a_brats_layout_and_skips_complete_cases(tmp_path: Path, capsys) -> None:
+    from cldl.cli import main
+    from cldl.data.datasets import discover_cases
+
+    config = tmp_path / "small.json"
+    config.write_text('{"shape": [78, 120, 120], "spacing": 2.0}')
+    out = tmp_path / "data"
+    assert main(["synth", "--out", str(out), "--seeds", "3:5", "--config", str(config), "--progress", "none"]) == 0
+    assert "wrote 2 case(s)" in capsys.readouterr().out
+    cases = discover_cases(out, BRATS)
+    assert [c.case_id for c in cases] == ["anatomy_00003", "anatomy_00004"]
+    assert all(c.label is not None for c in cases)
+    assert main(["synth", "--out", str(out), "--seeds", "3:5", "--config", str(config), "--progress", "none"]) == 0
+    assert "wrote 0 case(s)" in capsys.readouterr().out
+    assert main(["synth", "--out", str(out), "--seeds", "5", "--progress", "none"]) == 1
+    assert "A:B" in capsys.readouterr().err

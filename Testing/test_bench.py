@@ -65,3 +65,12 @@ def test_inference_vs_monai_quick(tmp_path: Path) -> None:
 def test_overlap_benchmark_quick() -> None:
     out = _run([sys.executable, str(BENCH / "overlap.py"), "--cases", "1", "--overlaps", "0.25,0.5"])
     assert "mean Dice, overlap 0.25 minus 0.5" in out
+
+
+def test_synthetic_data_benchmark_quick(tmp_path: Path) -> None:
+    json_path = tmp_path / "s.json"
+    out = _run([sys.executable, str(BENCH / "synthetic_data.py"), "--quick", "--json", str(json_path)])
+    assert "generator:" in out and "augment nnunet:" in out
+    figures = json.loads(json_path.read_text())
+    assert set(figures["augment_ms_per_patch"]) == {"none", "paper", "nnunet"}
+    assert figures["generator_s_per_case"][0] > 0

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, defaults
 from .events import PROGRESS_MODES, Reporter
 
 DEMO_SEED = 90_000
@@ -86,8 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--probabilities", type=Path, metavar="FILE", help="also write per-class probabilities (4D)")
     seg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     seg.add_argument("--tta", action="store_true", help="average over the 8 mirror flips (8x slower)")
-    seg.add_argument(  # the default is cldl.infer.DEFAULT_OVERLAP (not imported here: it would load torch)
-        "--overlap", type=float, default=0.25, help="sliding-window overlap in [0, 1) (default 0.25)"
+    seg.add_argument(
+        "--overlap",
+        type=float,
+        default=defaults.OVERLAP,
+        help=f"sliding-window overlap in [0, 1) (default {defaults.OVERLAP})",
     )
     seg.add_argument("--window-batch", type=int, default=2, help="windows per forward pass (default 2)")
     seg.add_argument(
@@ -169,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="bar (default on a terminal), jsonl (report lines as log events, then a result event) or none",
     )
 
+    synth = commands.add_parser(
+        "synth",
+        help="write synthetic brain-tumour cases built from real anatomy",
+        description="Write domain-randomised BraTS-like cases (FLAIR, T1, T1ce, T2, labels 0/1/2/4; int16 NIfTI on "
+        "the 240x240x155 1 mm grid) built from the MNI152 atlas (needs the nilearn package: pip install "
+        "'cldl[anatomy]') into DIR/<id>/<id>_<modality>.nii.gz, the BraTS 2018-2020 layout. Complete cases are "
+        "skipped, so an interrupted run continues.",
+    )
+    synth.add_argument("--out", type=Path, required=True, metavar="DIR", help="dataset folder to write into")
+    synth.add_argument("--seeds", required=True, metavar="A:B", help="half-open seed range, e.g. 0:60")
+    synth.add_argument("--config", type=Path, help="JSON/YAML file of generator settings (cldl.data.anatomy)")
+    synth.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    _add_progress(synth)
+
     models = commands.add_parser("models", help="the model registry")
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
     models_commands.add_parser("list", help="list registered models")
@@ -196,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models": cmd_models,
         "datasets": cmd_datasets,
         "info": cmd_info,
+        "synth": cmd_synth,
     }[args.command]
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_args, **_kw: _warn(reporter, message)
@@ -345,6 +363,7 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
         if "data" in overrides:
             overrides["phantoms"] = None
         config = TrainConfig.from_file(args.config, **overrides)
+    reporter.log_file = args.out / "events.jsonl"  # events outlive a closed stdout (Slicer quit during training)
     with StopSignals() as stop:  # SIGTERM / SIGUSR1: finish the step, checkpoint, exit 0 (see docs/scaling.md)
         trainer = Trainer(config, args.out, reporter, stop_requested=stop)
         summary = trainer.run(resume=args.resume)
@@ -474,6 +493,28 @@ def cmd_datasets(args: argparse.Namespace, reporter: Reporter) -> int:
 def _json_float(value: object) -> object:
     """JSON fallback for numpy scalars."""
     return value.item() if hasattr(value, "item") else str(value)
+
+
+def cmd_synth(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``cldl synth``: write anatomy-based synthetic cases."""
+    from .data.anatomy import AnatomyConfig
+    from .data.synth import write_dataset
+    from .train import read_config_file
+
+    try:
+        first, last = (int(v) for v in args.seeds.split(":"))
+    except ValueError:
+        raise ValueError(f"--seeds must look like A:B (a half-open range of integers), got {args.seeds!r}") from None
+    if not 0 <= first < last:
+        raise ValueError(f"--seeds {args.seeds}: need 0 <= A < B")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    config = AnatomyConfig.from_dict(read_config_file(args.config)) if args.config else AnatomyConfig()
+    written = write_dataset(args.out, range(first, last), config, args.workers, reporter)
+    reporter.emit("result", out=str(args.out), written=written)
+    if reporter.mode != "jsonl":
+        print(f"wrote {len(written)} case(s) into {args.out}")
+    return 0
 
 
 def cmd_models(args: argparse.Namespace, reporter: Reporter) -> int:
