@@ -20,7 +20,12 @@ from CLDLSegmentationLib import (
     markUncertainRegion,
     registryModels,
 )
-from CLDLSegmentationLib.dependencies import ensureDependencies, missingDependencies, upgradeTorch
+from CLDLSegmentationLib.dependencies import (
+    ensureDependencies,
+    ensureSampleDependencies,
+    missingDependencies,
+    upgradeTorch,
+)
 from CLDLSegmentationLib.models import (
     checkpointModels,
     defaultModel,
@@ -32,7 +37,9 @@ from CLDLSegmentationLib.models import (
 )
 from CLDLSegmentationLib.overlay import OVERLAY_ATTRIBUTE
 from CLDLSegmentationLib.panel import INPUT_ROLE, guessInput, updateOverlay
+from CLDLSegmentationLib.sampledata import downloadSample, sampleSourceArguments
 from CLDLSegmentationLib.segmentations import segmentNames
+from CLDLSegmentationLib.terminology import loadTerminology
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -71,6 +78,26 @@ class CLDLSegmentation(ScriptedLoadableModule):
             "CLDL: X. Li et al., Curriculum label distribution learning for imbalanced medical image segmentation, "
             "Medical Image Analysis 89 (2023). The runtime follows SlicerMONAIAuto3DSeg and SlicerNNUNet."
         )
+        # After every module is loaded (as SlicerMONAIAuto3DSeg and SlicerTotalSegmentator do).
+        slicer.app.connect("startupCompleted()", onStartupCompleted)
+
+
+def onStartupCompleted() -> None:
+    """Load the module's terminology context and register the sample case in the Sample Data module."""
+    loadTerminology(slicer.modules.terminologies.logic())
+    import SampleData
+
+    icon = Path(__file__).resolve().parent / "Resources" / "Icons" / "CLDLSegmentation.png"
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(**sampleSourceArguments(str(icon), onSampleClicked))
+
+
+def onSampleClicked(source) -> list:
+    """Sample Data's downloader: the engine makes the case once (about a minute), then it is loaded."""
+    slicer.util.showStatusMessage(_("Preparing the CLDL demo case (the first time takes about a minute)..."))
+    with slicer.util.tryWithErrorDisplay(_("Cannot prepare the CLDL demo case."), waitCursor=True):
+        ensureSampleDependencies(requester="CLDL")
+        return downloadSample(source, slicer.app.cachePath, slicer.mrmlScene)
+    return []
 
 
 @parameterNodeWrapper

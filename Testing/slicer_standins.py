@@ -262,3 +262,48 @@ def slicerPackages() -> dict[str, types.ModuleType]:
     i18n.tr = lambda text: text
     i18n.translate = lambda context, text: text
     return {"slicer.ScriptedLoadableModule": slm, "slicer.parameterNodeWrapper": pnw, "slicer.i18n": i18n}
+
+
+# -- the application, Sample Data ----------------------------------------------------------------------------------
+
+
+class FakeApplication:
+    """``slicer.app``: records ``connect(signature, slot)``; ``cachePath`` as qSlicerCoreApplication has it."""
+
+    def __init__(self, cachePath: str) -> None:
+        self.cachePath = cachePath
+        self.connections: list = []
+
+    def connect(self, signal: str, slot) -> None:
+        assert isinstance(signal, str) and signal.endswith(")") and callable(slot), signal
+        self.connections.append((signal, slot))
+
+
+def fakeSampleData(manifest: dict) -> types.ModuleType:
+    """A ``SampleData`` module whose ``registerCustomSampleDataSource`` takes only the keyword arguments it has at
+    every checked tag (per the manifest) and checks list lengths as ``SampleDataSource.__init__`` does."""
+    facts = manifest["python"]["SampleData"]["SampleDataLogic.registerCustomSampleDataSource"]["arguments"]
+    module = types.ModuleType("SampleData")
+    module.registered = []
+
+    def registerCustomSampleDataSource(**kwargs) -> None:
+        for tag, names in facts.items():
+            assert set(kwargs) <= set(names), (tag, set(kwargs) - set(names))
+        assert len(kwargs["uris"]) == len(kwargs["fileNames"]) == len(kwargs["nodeNames"])
+        module.registered.append(kwargs)
+
+    module.SampleDataLogic = types.SimpleNamespace(registerCustomSampleDataSource=registerCustomSampleDataSource)
+    return module
+
+
+class noErrorDisplay:
+    """``slicer.util.tryWithErrorDisplay`` without Qt: lets exceptions through."""
+
+    def __init__(self, message: str = "", waitCursor: bool = False) -> None:
+        self.message = message
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> bool:
+        return False

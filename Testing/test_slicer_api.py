@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -188,3 +189,320 @@ def test_ctk_enums_and_signals_used_exist() -> None:
 
 def _members(cls: str) -> dict[str, list[str]]:
     return MANIFEST["python"]["slicer.ScriptedLoadableModule"][cls]["members"]
+
+
+# -- MRML/VTK methods called on variables ----------------------------------------------------------------------
+
+#: Receiver of each CamelCase method call, per file, read from the code: the class whose instances it holds
+#: (``slicer.*`` and ``vtk.*`` classes of the slicer-core wheel). A new receiver must be added here.
+RECEIVERS: dict[str, dict[str, str]] = {
+    "CLDLSegmentation.py": {
+        "display": "vtkMRMLScalarVolumeDisplayNode",
+        "node": "vtkMRMLScalarVolumeNode",
+        "result.segmentationNode": "vtkMRMLSegmentationNode",
+        "result.uncertaintyNode": "vtkMRMLScalarVolumeNode",
+        "segmentation": "vtkSegmentation",
+        "self._parameterNode.parameterNode": "vtkMRMLScriptedModuleNode",
+    },
+    "CLDLTraining.py": {},
+    "charts.py": {
+        "column": "vtk.vtkDoubleArray",
+        "scene": "vtkMRMLScene",
+        "self.chart": "vtkMRMLPlotChartNode",
+        "self.scene": "vtkMRMLScene",
+        "self.table": "vtkMRMLTableNode",
+        "self.table.GetTable()": "vtk.vtkTable",
+        "series": "vtkMRMLPlotSeriesNode",
+        "table": "vtk.vtkTable",
+    },
+    "logic.py": {
+        "inputVolume": "vtkMRMLScalarVolumeNode",
+        "node": "vtkMRMLNode",
+        "reference": "vtkMRMLScalarVolumeNode",
+        "scene": "vtkMRMLScene",
+        "shNode": "vtkMRMLSubjectHierarchyNode",
+        "uncertainty": "vtkMRMLScalarVolumeNode",
+    },
+    "overlay.py": {
+        "background": "vtkMRMLVolumeNode",
+        "background or foreground": "vtkMRMLVolumeNode",
+        "colorNode": "vtkMRMLColorNode",
+        "composite": "vtkMRMLSliceCompositeNode",
+        "display": "vtkMRMLScalarVolumeDisplayNode",
+        "foreground": "vtkMRMLVolumeNode",
+        "legend": "vtkMRMLColorLegendDisplayNode",
+        "node": "vtkMRMLColorTableNode",
+        "other": "vtkMRMLNode",
+        "scene": "vtkMRMLScene",
+        "volumeNode": "vtkMRMLScalarVolumeNode",
+    },
+    "panel.py": {
+        "composite": "vtkMRMLSliceCompositeNode",
+        "node": "vtkMRMLNode",
+        "scene": "vtkMRMLScene",
+        "volume": "vtkMRMLScalarVolumeNode",
+    },
+    "sampledata.py": {"scene": "vtkMRMLScene"},
+    "segmentations.py": {
+        "display": "vtkMRMLSegmentationDisplayNode",
+        "ids": "vtk.vtkStringArray",
+        "labelmapNode": "vtkMRMLLabelMapVolumeNode",
+        "labelmapNode.GetDisplayNode()": "vtkMRMLLabelMapVolumeDisplayNode",
+        "referenceVolume": "vtkMRMLScalarVolumeNode",
+        "scene": "vtkMRMLScene",
+        "scene.GetNthNodeByClass(n, 'vtkMRMLColorTableNode')": "vtkMRMLColorTableNode",
+        "segment": "vtkSegment",
+        "segmentation": "vtkSegmentation",
+        "segmentation.GetNthSegment(n)": "vtkSegment",
+        "segmentation.GetSegment(segmentId)": "vtkSegment",
+        "segmentationNode": "vtkMRMLSegmentationNode",
+        "table": "vtkMRMLColorTableNode",
+    },
+    "terminology.py": {"terminologiesLogic": "vtkSlicerTerminologiesModuleLogic"},
+    "volumes.py": {
+        "a": "vtkMRMLScalarVolumeNode",
+        "a.GetImageData()": "vtk.vtkImageData",
+        "b": "vtkMRMLScalarVolumeNode",
+        "b.GetImageData()": "vtk.vtkImageData",
+        "first": "vtkMRMLScalarVolumeNode",
+        "matrix": "vtk.vtkMatrix4x4",
+        "node": "vtkMRMLScalarVolumeNode",
+        "node.GetImageData()": "vtk.vtkImageData",
+        "reference": "vtkMRMLScalarVolumeNode",
+        "reference.GetImageData()": "vtk.vtkImageData",
+        "scene": "vtkMRMLScene",
+        "storage": "vtkMRMLVolumeArchetypeStorageNode",
+        "target": "vtkMRMLScalarVolumeNode",
+        "transform": "vtkMRMLTransformNode",
+        "volumeNode": "vtkMRMLScalarVolumeNode",
+    },
+}
+#: Python modules (not MRML) that CamelCase calls are made on; qt and PyTorchUtils are checked below.
+NOT_MRML = {"argparse", "psutil", "qt", "queue", "sitk", "subprocess", "threading", "PyTorchUtils"}
+#: Methods the modules call only behind ``hasattr`` (newer Slicer): class -> methods.
+GUARDED = {"vtkSegment": {"SetTerminology"}}
+
+
+def _wheelClass(name: str):
+    import vtk
+
+    return getattr(vtk, name[4:]) if name.startswith("vtk.") else getattr(slicer, name)
+
+
+def _camelCaseCalls() -> list[tuple[str, str, str]]:
+    """``(file name, receiver source, method)`` of every ``receiver.Method(...)`` call in the module code."""
+    calls = []
+    for path, tree in _trees():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr[:1].isupper():
+                calls.append((path.name, ast.unparse(node.func.value), node.func.attr))
+    return calls
+
+
+def _receiverClass(file: str, receiver: str) -> str | None:
+    if receiver == "slicer.mrmlScene":
+        return "vtkMRMLScene"
+    if receiver.startswith("slicer.modules.") and receiver.endswith(".logic()"):
+        return MANIFEST["modules"][receiver.split(".")[2]]["logic_class"]
+    return RECEIVERS.get(file, {}).get(receiver)
+
+
+def test_every_mrml_call_has_a_known_receiver() -> None:
+    """Fails when code calls a CamelCase method on a receiver that the table does not map (add it there)."""
+    calls = _camelCaseCalls()
+    assert len(calls) > 150, "the scan found too few calls"
+    unknown = {
+        (f, r)
+        for f, r, _ in calls
+        if r not in NOT_MRML and not r.startswith("slicer.vtk") and _receiverClass(f, r) is None
+    }
+    assert not unknown, f"add these receivers to RECEIVERS: {sorted(unknown)}"
+    stale = {(f, r) for f, table in RECEIVERS.items() for r in table} - {(f, r) for f, r, _ in calls}
+    assert not stale, f"receivers no longer in the code: {sorted(stale)}"
+
+
+def test_mrml_methods_exist_on_the_real_classes() -> None:
+    missing = []
+    for file, receiver, method in _camelCaseCalls():
+        cls = _receiverClass(file, receiver)
+        if cls is None or method in GUARDED.get(cls, ()):
+            continue
+        if not hasattr(_wheelClass(cls), method):
+            missing.append(f"{file}: {receiver}.{method} ({cls})")
+    assert not missing
+
+
+def test_the_receiver_check_can_fail() -> None:
+    assert not hasattr(slicer.vtkMRMLScalarVolumeNode, "SetThresholdd")
+    assert _receiverClass("volumes.py", "someNewNode") is None
+
+
+def test_guarded_methods_are_guarded_in_the_code() -> None:
+    text = (ROOT / "CLDLSegmentation" / "CLDLSegmentationLib" / "segmentations.py").read_text()
+    for methods in GUARDED.values():
+        for method in methods:
+            assert f'hasattr(segment, "{method}")' in text
+
+
+# -- parameterNodeWrapper GUI connectors ---------------------------------------------------------------------------
+
+
+def _parameterFields() -> dict[str, tuple[str, str]]:
+    """``{parameter name: (module file, Python type)}`` of every @parameterNodeWrapper class."""
+    fields = {}
+    for path, tree in _trees():
+        for cls in ast.walk(tree):
+            if isinstance(cls, ast.ClassDef) and any(_chain(d) == "parameterNodeWrapper" for d in cls.decorator_list):
+                enums = {c.name for c in ast.walk(tree) if isinstance(c, ast.ClassDef)}
+                for item in cls.body:
+                    if isinstance(item, ast.AnnAssign):
+                        annotation = item.annotation
+                        if isinstance(annotation, ast.Subscript) and _chain(annotation.value) == "Annotated":
+                            annotation = annotation.slice.elts[0]
+                        name = ast.unparse(annotation)
+                        if name.startswith("vtkMRML"):
+                            name = "vtkMRMLNode"
+                        elif name in enums or name.endswith("Choice"):
+                            name = "enum.Enum"
+                        fields[f"{path.stem}.{item.target.id}"] = (path.name, name)
+    return fields
+
+
+def test_gui_connectors_exist_for_every_bound_widget_at_every_tag() -> None:
+    """Each widget with a SlicerParameterName has a connector accepting its class and the parameter's type."""
+    fields = _parameterFields()
+    assert fields
+    bound = []
+    for path in UI_FILES:
+        module = path.stem
+        for element in ET.parse(path).iter("widget"):
+            for prop in element.findall("property"):
+                if prop.get("name") == "SlicerParameterName":
+                    bound.append((module, element.get("class"), prop.find("string").text))
+    assert len(bound) >= 15
+    missing = []
+    for tag in TAGS:
+        connectors = MANIFEST["gui_connectors"]["tags"][tag]
+        for module, cls, parameter in bound:
+            _, datatype = fields[f"{module}.{parameter}"]
+            if not any(
+                any(w.split(".")[-1] == cls for w in c["widgets"]) and datatype in c["datatypes"]
+                for c in connectors.values()
+            ):
+                missing.append(f"{tag}: {module}.{parameter} ({cls}, {datatype})")
+    assert not missing
+
+
+# -- PythonQt, slicer.app, slicer.modules, SampleData, PyTorchUtils --------------------------------------------------
+
+
+def _pythonQt(name: str) -> dict[str, list[str]]:
+    return MANIFEST["pythonqt"]["members"].get(name) or MANIFEST["pythonqt"]["decorators"].get(name, {})
+
+
+def test_pythonqt_members_used_are_wrapped_at_every_pinned_commit() -> None:
+    used = set()
+    for _, tree in _trees():
+        for node in ast.walk(tree):
+            chain = _chain(node)
+            if chain and chain.startswith("qt.Q") and chain.count(".") == 2:
+                used.add(chain[3:])
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                receiver = ast.unparse(node.func.value)
+                if receiver == "qt.QSettings()":
+                    used.add(f"QSettings.{node.func.attr}")
+                if receiver == "layout" and node.func.attr in ("addRow", "removeRow"):
+                    used.add(f"QFormLayout.{node.func.attr}")
+    assert {"QFormLayout.removeRow", "QFormLayout.addRow", "QTimer.singleShot"} <= used
+    for name in used:
+        for tag in TAGS:
+            assert _pythonQt(name).get(tag), f"{name} not wrapped by the PythonQt of {tag}"
+    widget = next(w for w in ET.parse(UI_FILES[0]).iter("widget") if w.get("name") == "inputVolumesWidget")
+    assert widget.find("layout").get("class") == "QFormLayout", "removeRow/addRow are QFormLayout's"
+    for tag in TAGS:
+        assert any("QWidget* widget" in s for s in _pythonQt("QFormLayout.removeRow")[tag])
+        singleShot = MANIFEST["pythonqt"]["decorators"]["static_QTimer_singleShot"][tag]
+        assert "int msec, PyObject* callable" in singleShot, "qt.QTimer.singleShot(ms, callable)"
+        pin = MANIFEST["pythonqt"]["pins"][tag]
+        assert pin["ctk_commit"] == MANIFEST["ctk_commits"][tag] and pin["read_from"]
+
+
+def test_string_signature_connect_calls_match_the_pythonqt_decorator() -> None:
+    """Every ``x.connect(...)`` is ``connect("signal(args)", callable)``: PythonQt's (sender, signal, callable)."""
+    calls = [
+        n
+        for _, tree in _trees()
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "connect"
+    ]
+    assert len(calls) > 5
+    for call in calls:
+        assert len(call.args) == 2 and isinstance(call.args[0], ast.Constant), ast.unparse(call)
+        assert re.fullmatch(r"\w+\([\w*, ]*\)", call.args[0].value), call.args[0].value
+    for tag in TAGS:
+        assert any(
+            "QObject* sender, const QByteArray& signal, PyObject* callable" in s for s in _pythonQt("connect")[tag]
+        )
+
+
+def test_slicer_app_members_exist() -> None:
+    used = {
+        c.split(".")[2] for _, t in _trees() for n in ast.walk(t) if (c := _chain(n)) and c.startswith("slicer.app.")
+    }
+    connected = {
+        n.args[0].value
+        for _, t in _trees()
+        for n in ast.walk(t)
+        if isinstance(n, ast.Call) and _chain(n.func) == "slicer.app.connect"
+    }
+    assert "startupCompleted()" in connected and "cachePath" in used
+    facts = [MANIFEST["widgets"][c] for c in _lineage("qSlicerApplication") if c in MANIFEST["widgets"]]
+    assert all(set(TAGS) <= set(f["tags"]) for f in facts)
+    known = {m for f in facts for m in f["properties"] + f["methods_and_signals"]} | {"connect", "processEvents"}
+    assert used <= known, used - known
+    assert {s.split("(")[0] for s in connected} <= known
+
+
+def test_slicer_modules_used_exist_with_their_logic() -> None:
+    used = {
+        c.split(".")[2]
+        for _, t in _trees()
+        for n in ast.walk(t)
+        if (c := _chain(n)) and c.startswith("slicer.modules.")
+    }
+    imported = {a.name for _, t in _trees() for n in ast.walk(t) if isinstance(n, ast.Import) for a in n.names}
+    assert {"terminologies", "plots", "segmentations"} <= used and "SampleData" in imported
+    for name in used | {"sampledata"}:
+        facts = MANIFEST["modules"][name]
+        assert set(TAGS) <= set(facts["tags"]), name
+        assert facts["logic_class"] is None or hasattr(slicer, facts["logic_class"])
+
+
+def test_sample_data_names_exist_and_call_the_downloader_with_the_source() -> None:
+    used = {c for _, t in _trees() for n in ast.walk(t) if (c := _chain(n)) and c.startswith("SampleData.")}
+    assert used == {"SampleData.SampleDataLogic", "SampleData.SampleDataLogic.registerCustomSampleDataSource"}
+    for name in used:
+        short = name.split(".", 1)[1]
+        assert set(TAGS) <= set(MANIFEST["python"]["SampleData"][short]["tags"]), name
+    for tag in TAGS:
+        assert [c["arguments"] for c in MANIFEST["sample_data_downloader_calls"][tag]] == [1]
+
+
+def test_pytorchutils_names_and_arguments_exist() -> None:
+    facts = MANIFEST["pytorchutils"]["classes"]
+    tree = ast.parse((ROOT / "CLDLSegmentation" / "CLDLSegmentationLib" / "dependencies.py").read_text())
+    used = {c.split(".")[1] for n in ast.walk(tree) if (c := _chain(n)) and c.startswith("PyTorchUtils.")}
+    assert used == {"PyTorchUtilsLogic"} and set(used) <= set(facts)
+    logic = facts["PyTorchUtilsLogic"]
+    calls = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and ast.unparse(n.func.value) in ("logic", "_pyTorchUtilsLogic()")
+    ]
+    assert {c.func.attr for c in calls} == {"installTorch", "uninstallTorch"}
+    for call in calls:
+        member = logic[call.func.attr]
+        assert {k.arg for k in call.keywords} <= set(member["arguments"]), call.func.attr
+        assert not member["decorators"], "called as a method"

@@ -18,6 +18,8 @@ from cldl.defaults import TORCH_REQUIREMENT, torch_supported
 
 #: Packages Slicer ships (or the PyTorch extension manages): never installed or upgraded by CLDL.
 SKIPPED_PACKAGES = ("torch", "numpy", "SimpleITK", "vtk")
+#: The engine's 'anatomy' extra (MNI152 atlas), needed only for the Sample Data case (``cldl sample``).
+SAMPLE_REQUIREMENTS = ("nilearn>=0.10",)
 
 
 class DependencyError(RuntimeError):
@@ -141,10 +143,16 @@ def upgradeTorch() -> bool:  # pragma: no cover - needs the Slicer application a
 def ensurePackages(
     requirementsPath: str | Path, confirm: Callable[[str], bool] | None = None, requester: str = "CLDL"
 ) -> None:  # pragma: no cover - needs the Slicer application
-    """Install missing pure-Python requirements after asking (``pip_ensure`` on Slicer >= 5.12)."""
+    """Install missing pure-Python requirements of a requirements file after asking."""
+    ensureRequirements(loadRequirements(requirementsPath), confirm, requester)
+
+
+def ensureRequirements(
+    requirements: Sequence[str], confirm: Callable[[str], bool] | None = None, requester: str = "CLDL"
+) -> None:  # pragma: no cover - needs the Slicer application
+    """Install missing requirement lines after asking (``pip_ensure`` on Slicer >= 5.12)."""
     import slicer
 
-    requirements = loadRequirements(requirementsPath)
     missing = missingRequirements(requirements)
     if not missing:
         return
@@ -166,3 +174,9 @@ def ensureDependencies(requester: str = "CLDL") -> None:  # pragma: no cover - n
     """Torch (PyTorch extension) first, then the rest (:func:`requirementsPath`)."""
     ensureTorch()
     ensurePackages(requirementsPath(), requester=requester)
+
+
+def ensureSampleDependencies(requester: str = "CLDL") -> None:  # pragma: no cover - needs the Slicer application
+    """What ``cldl sample`` needs: the engine's dependencies and its 'anatomy' extra (:data:`SAMPLE_REQUIREMENTS`)."""
+    ensureDependencies(requester)
+    ensureRequirements(list(SAMPLE_REQUIREMENTS), requester=requester)
