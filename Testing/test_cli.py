@@ -261,7 +261,8 @@ def test_evaluate_refuses_another_grid(phantom_files: dict[str, Path], tmp_path:
 def test_models_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
-    assert DEFAULT_MODEL in out and "[brats, bundled" in out
+    assert f"{DEFAULT_MODEL}  (default)  [brats, bundled" in out
+    assert out.count("(default)") == 1
 
 
 def test_console_script_runs() -> None:

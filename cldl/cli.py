@@ -21,6 +21,7 @@ from .events import PROGRESS_MODES, Reporter
 
 DEMO_SEED = 90_000
 DEMO_SHAPE = (96, 96, 96)
+SAMPLE_SEED = 0  # the case of Slicer's Sample Data module (cldl sample)
 
 
 def _add_progress(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-limit-gb",
         type=float,
         help="activation memory for batched windows (default: 3 on CPU, half the free GPU memory)",
+    )
+    seg.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="network arithmetic: auto (default) = bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX), "
+        "fp32 elsewhere; window outputs are accumulated in fp32 either way",
     )
     seg.add_argument("--task", help="refuse the model unless it segments this task (e.g. brats)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -186,6 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     _add_progress(synth)
 
+    sample = commands.add_parser(
+        "sample",
+        help="write the demo brain-tumour case of Slicer's Sample Data module",
+        description="Write one anatomy-based BraTS-like case (FLAIR, T1, T1ce, T2 and the reference labels 0/1/2/4) "
+        "into DIR/<id>/<id>_<modality>.nii.gz (BraTS 2018-2020 layout); nothing is written when the case is "
+        "already complete. Needs the nilearn package (pip install 'cldl[anatomy]').",
+    )
+    sample.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the case into")
+    sample.add_argument("--seed", type=int, default=SAMPLE_SEED, help=f"case seed (default {SAMPLE_SEED})")
+    _add_progress(sample)
+
     models = commands.add_parser("models", help="the model registry")
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
     models_commands.add_parser("list", help="list registered models")
@@ -198,6 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--checkpoint", type=Path, action="append", default=[], help="checkpoint to describe")
     info.add_argument("--json", action="store_true", help="print one JSON object")
+
+    ablate = commands.add_parser(
+        "ablate",
+        help="run the evidence study (variants x seeds) and write its tables and figures",
+        description="Train and evaluate every variant and seed of a study config (see docs/ablation.md); finished "
+        "runs are skipped and interrupted ones resumed, so the study can run in parts.",
+    )
+    ablate.add_argument("--config", type=Path, required=True, help="study config (e.g. configs/ablation_brats.yaml)")
+    ablate.add_argument("--out", type=Path, required=True, metavar="DIR", help="study folder (runs, tables, figures)")
+    ablate.add_argument("--data", help="a labelled dataset folder instead of the synthetic cases")
+    ablate.add_argument("--only", help="comma-separated variants to run (default: all)")
+    ablate.add_argument("--seeds", help="comma-separated seeds to run (default: the study's)")
+    _add_progress(ablate)
     return parser
 
 
@@ -214,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "datasets": cmd_datasets,
         "info": cmd_info,
         "synth": cmd_synth,
+        "sample": cmd_sample,
+        "ablate": cmd_ablate,
     }[args.command]
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_args, **_kw: _warn(reporter, message)
@@ -290,6 +324,7 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
         window_batch=args.window_batch,
         tta=args.tta,
         memory_limit_gb=args.memory_limit_gb,
+        precision=args.precision,
     )
     if args.task:
         check_task(predictor.checkpoint, get_task(args.task))
@@ -517,13 +552,44 @@ def cmd_synth(args: argparse.Namespace, reporter: Reporter) -> int:
     return 0
 
 
+def cmd_sample(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``cldl sample``: write the anatomy-based demo case once (Slicer's Sample Data module runs this)."""
+    import importlib.util
+
+    from .tasks import BRATS
+
+    case_id = f"anatomy_{args.seed:05d}"  # cldl.data.anatomy.anatomy_case's id
+    base = args.out / case_id
+    files = {name: base / f"{case_id}_{name}.nii.gz" for name in (*BRATS.modalities, "seg")}
+    if all(path.is_file() for path in files.values()):  # written atomically: present means complete
+        reporter.log(f"{case_id} is already complete in {args.out}")
+    else:
+        if importlib.util.find_spec("nilearn") is None:
+            raise RuntimeError(
+                "cldl sample builds the case from the MNI152 atlas of the nilearn package, which is not installed: "
+                "pip install 'cldl[anatomy]' (or pip install nilearn)"
+            )
+        from .data.anatomy import anatomy_case
+        from .data.phantoms import write_case
+
+        case = anatomy_case(args.seed)
+        if case.case_id != case_id:
+            raise RuntimeError(f"anatomy_case({args.seed}) made {case.case_id}, expected {case_id}")
+        files = write_case(case, args.out)
+    reporter.emit("result", out=str(args.out), case=case_id, files={k: str(v) for k, v in files.items()})
+    if reporter.mode != "jsonl":
+        print(f"{case_id}: {base}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl models list``."""
     from .zoo import list_models
 
     for row in list_models():
         state = "available" if row["available"] else "not downloaded"
-        print(f"{row['name']}  [{row['task']}, {row['source']}, {state}]\n    {row['description']}")
+        default = "  (default)" if row["default"] else ""
+        print(f"{row['name']}{default}  [{row['task']}, {row['source']}, {state}]\n    {row['description']}")
     return 0
 
 
@@ -586,6 +652,27 @@ def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> int:
         print(f"  {region}: Dice {values['dice']:.3f}  HD95 {values['hd95']:.2f} mm")
     print(f"outputs in {args.out}/ (open snapshot.png, or load the .nii.gz files in 3D Slicer)")
     print("synthetic data and a demo model: not for clinical use")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``cldl ablate``: the evidence study."""
+    from .ablation import Study, run_study
+    from .distributed import StopSignals
+
+    if not args.config.is_file():
+        raise FileNotFoundError(f"{args.config}: no such study config")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    only = args.only.split(",") if args.only else None
+    with StopSignals() as stop:
+        summary = run_study(Study.from_file(args.config), args.out, args.data, only, seeds, reporter, stop)
+    reporter.emit("result", **summary)
+    reporter.close()
+    if reporter.mode != "jsonl":
+        print(f"{'stopped' if summary['stopped'] else 'wrote'} the study in {args.out}")
     return 0
 
 

@@ -24,6 +24,7 @@ from .data.preprocess import InputError, Preprocessed, input_grid_probabilities,
 from .defaults import OVERLAP
 from .distributions import UNCERTAINTY_MAPS
 from .io import Geometry, read_channels
+from .precision import autocast_dtype
 from .tasks import Task
 
 ProgressFn = Callable[[int, int], None]
@@ -133,6 +134,7 @@ class Predictor:
         tta: bool = False,
         gaussian: bool = True,
         memory_limit_gb: float | None = None,
+        precision: str = "auto",
     ) -> None:
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -150,6 +152,8 @@ class Predictor:
         self.window_batch = memory_capped_window_batch(self.model, self.window, window_batch, memory_limit_gb)
         self.tta = tta
         self.gaussian = gaussian
+        self.precision = precision
+        self.autocast = autocast_dtype(precision, self.device)
 
     @property
     def task(self) -> Task:
@@ -242,6 +246,7 @@ class Predictor:
             pad_value=None if self.checkpoint.preprocess.image_kind == "mr" else "min",
             progress=progress,
             cancel=cancel,
+            autocast=self.autocast,
         )
 
 
@@ -257,11 +262,13 @@ def sliding_window_probabilities(
     pad_value: str | None = None,
     progress: ProgressFn | None = None,
     cancel: Callable[[], bool] | None = None,
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Softmax of ``model``'s final head over a ``C x d x h x w`` volume by weighted sliding windows (float32).
 
     Volumes smaller than the window are padded evenly on both sides (with 0, or the volume's minimum for
-    ``pad_value="min"``), so the windows of a mirrored volume are the mirrored windows.
+    ``pad_value="min"``), so the windows of a mirrored volume are the mirrored windows. ``autocast`` runs the
+    network in that dtype (:func:`cldl.precision.autocast_dtype`); softmax and accumulation stay float32.
     """
     device = next(model.parameters()).device
     window = tuple(int(w) for w in window)
@@ -287,7 +294,7 @@ def sliding_window_probabilities(
         slices = [
             tuple(slice(s, s + w) for s, w in zip(start, window)) for start in starts[first : first + window_batch]
         ]
-        probs = _mirrored_softmax(model, torch.stack([image[(slice(None),) + sl] for sl in slices]), flips)
+        probs = _mirrored_softmax(model, torch.stack([image[(slice(None),) + sl] for sl in slices]), flips, autocast)
         if accumulated is None:
             accumulated = torch.zeros((probs.shape[1], *padded), dtype=torch.float32, device=device)
         for sl, window_probs in zip(slices, probs):
@@ -299,16 +306,14 @@ def sliding_window_probabilities(
     return accumulated[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, shape))]
 
 
-def _mirrored_softmax(model: torch.nn.Module, batch: torch.Tensor, flips: list[tuple[int, ...]]) -> torch.Tensor:
-    """Softmax of the final head, averaged over the mirror flips (float32; autocast on CUDA)."""
+def _mirrored_softmax(
+    model: torch.nn.Module, batch: torch.Tensor, flips: list[tuple[int, ...]], autocast: torch.dtype | None
+) -> torch.Tensor:
+    """Softmax of the final head, averaged over the mirror flips (float32; the network in ``autocast``)."""
     total = None
     for axes in flips:
         x = batch.flip(axes) if axes else batch
-        if batch.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            with torch.autocast("cuda", dtype=dtype):
-                logits = model(x).logits
-        else:
+        with torch.autocast(batch.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
             logits = model(x).logits
         probs = torch.softmax(logits.float(), dim=1)
         probs = probs.flip(axes) if axes else probs
@@ -333,4 +338,4 @@ def segment_files(
     return prediction, geometry, predictor
 
 
-_PREDICTOR_ARGS = ("device", "overlap", "window_batch", "tta", "gaussian", "memory_limit_gb")
+_PREDICTOR_ARGS = ("device", "overlap", "window_batch", "tta", "gaussian", "memory_limit_gb", "precision")

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BUNDLED_DIR = Path(__file__).parent / "models"
-DEFAULT_MODEL = "brats-phantom-demo"
+PHANTOM_MODEL = "brats-phantom-demo"
+"""Trained on the procedural phantoms only: kept for the fast phantom-based tests and benchmarks."""
+DEFAULT_MODEL = PHANTOM_MODEL
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ REGISTRY: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in (
         ModelEntry(
-            name=DEFAULT_MODEL,
+            name=PHANTOM_MODEL,
             description="Small CLDL network (base width 8) trained on synthetic BraTS-like phantoms; demo only, "
             "not for clinical use",
             task="brats",
@@ -107,7 +109,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
 
 
 def list_models() -> list[dict[str, str | bool]]:
-    """Registry entries with whether each file is available locally."""
+    """Registry entries with whether each file is available locally and which one is the default."""
     rows = []
     for entry in REGISTRY.values():
         local = (BUNDLED_DIR if entry.bundled else cache_dir()) / entry.filename
@@ -118,6 +120,7 @@ def list_models() -> list[dict[str, str | bool]]:
                 "description": entry.description,
                 "source": "bundled" if entry.bundled else entry.url,
                 "available": local.is_file(),
+                "default": entry.name == DEFAULT_MODEL,
                 "path": str(local),
             }
         )
