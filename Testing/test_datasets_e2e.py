@@ -98,7 +98,7 @@ def test_check_train_segment_evaluate(layout: str, tmp_path: Path, capsys: pytes
             assert float(row["dice"]) == 1.0, row
     summary = json.loads((report / "summary.json").read_text())
     assert summary["cases"] == len(dataset.labelled) and summary["task"] == dataset.task.name
-    assert (report / "summary.md").read_text().startswith(f"{len(dataset.labelled)} case(s)")
+    assert (report / "summary.md").read_text(encoding="utf-8").startswith(f"{len(dataset.labelled)} case(s)")
 
 
 def _as_task_labels(truth: np.ndarray, case) -> np.ndarray:

@@ -3,6 +3,7 @@ DICOM series folders, Slicer .seg.nrrd files (cross-checked with slicerio) and c
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import nibabel as nib
@@ -140,7 +141,17 @@ def test_4d_input_channels_and_geometry(tmp_path: Path) -> None:
 
 
 def _write_dicom_series(folder: Path, array: np.ndarray, geometry: Geometry, uid: str, modality: str = "CT") -> None:
-    """One DICOM file per slice with position, orientation and spacing tags (as scanners write them)."""
+    """One DICOM file per slice with position, orientation and spacing tags (as scanners write them). GDCM's writer
+    switches the process to the C locale (text files would then default to ASCII in later tests): restored."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_slices(folder, array, geometry, uid, modality)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_slices(folder: Path, array: np.ndarray, geometry: Geometry, uid: str, modality: str) -> None:
+    """See :func:`_write_dicom_series`."""
     folder.mkdir(parents=True, exist_ok=True)
     matrix = geometry.matrix
     writer = sitk.ImageFileWriter()
