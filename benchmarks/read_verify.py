@@ -71,9 +71,7 @@ def main() -> None:
                     times[name].append(time.perf_counter() - started)
             before, now = statistics.median(times["before"]), statistics.median(times["now"])
             size = sum(p.stat().st_size for p in paths) / 1e6
-            print(
-                f"| {np.dtype(dtype).name} | {size:.1f} MB | {before:.3f} s | {now:.3f} s | {now / before:.2f}x |"
-            )
+            print(f"| {np.dtype(dtype).name} | {size:.1f} MB | {before:.3f} s | {now:.3f} s | {now / before:.2f}x |")
 
 
 if __name__ == "__main__":
