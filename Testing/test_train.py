@@ -94,7 +94,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     assert last_a.provenance["epoch"] == last_b.provenance["epoch"] == 2
     for name in ("best.pt", "last.pt", "metrics.jsonl", "config.json"):
         assert (resumed / name).is_file()
-    assert not list(resumed.glob("*.tmp"))
+    assert not list(resumed.glob(".*.part"))  # cldl.atomic staging folders
 
     with pytest.raises(FileExistsError, match="--resume"):
         Trainer(_resume_config(), straight, Reporter("none")).run()
