@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cldl.distributions import region_distribution, rldl_targets, smooth_distribution
+from cldl.distributions import gaussian_label_distribution, region_distribution, rldl_targets, smooth_distribution
 from cldl.losses import DICE_MODES, LossConfig, cldl_loss, soft_dice_loss, symmetric_kl
 from cldl.model import ModelOutput, UNetLDL
 
@@ -247,3 +247,18 @@ def test_cldl_loss_checks_target_grids() -> None:
     output = ModelOutput(torch.zeros(1, 3, 16, 16, 16), (torch.log_softmax(torch.zeros(1, 3, 2, 2, 2), 1),), ())
     with pytest.raises(ValueError, match="grid"):
         cldl_loss(output, labels, [region_distribution(labels, 3, 4)], LossConfig())
+
+
+def test_final_targets_replace_the_hard_labels_in_the_cross_entropy_only() -> None:
+    """One-hot final targets give the default loss; Gaussian-smoothed ones change the CE to -sum p log q, not Dice."""
+    out, _, labels = fake_output(seed=8)
+    targets = rldl_targets(labels, 4, (8, 4, 2))
+    default, parts = cldl_loss(out, labels, targets, LossConfig())
+    hot, _ = cldl_loss(out, labels, targets, LossConfig(), final_targets=F.one_hot(labels, 4).movedim(-1, 1).float())
+    torch.testing.assert_close(hot, default)
+    soft = gaussian_label_distribution(labels, 4, sigma=1.0)
+    _, soft_parts = cldl_loss(out, labels, targets, LossConfig(), final_targets=soft)
+    expected_ce = -(soft * torch.log_softmax(out.logits, dim=1)).sum(dim=1).mean()
+    torch.testing.assert_close(soft_parts["ce"], expected_ce.detach())
+    torch.testing.assert_close(soft_parts["dice"], parts["dice"])
+    assert not torch.isclose(soft_parts["ce"], parts["ce"])

@@ -68,8 +68,13 @@ def cldl_loss(
     config: LossConfig,
     stage_weights: list[float] | None = None,
     seg_weight: float = 1.0,
+    final_targets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The total CLDL loss and its detached parts (``ldl1..3``, ``ce``, ``dice``)."""
+    """The total CLDL loss and its detached parts (``ldl1..3``, ``ce``, ``dice``).
+
+    ``final_targets`` (``B x K x D x H x W`` distributions, e.g. Gaussian-smoothed one-hot labels: the voxel-level
+    LDL baseline) replace the hard labels in the final head's cross-entropy; the Dice term keeps the hard labels.
+    """
     if len(targets) != len(output.stage_log_probs):
         raise ValueError(f"{len(output.stage_log_probs)} LDL stages but {len(targets)} targets")
     for index, (log_q, target) in enumerate(zip(output.stage_log_probs, targets)):
@@ -84,7 +89,7 @@ def cldl_loss(
         stage = symmetric_kl(log_q, target, config.smooth_eps)
         parts[f"ldl{index + 1}"] = stage.detach()
         ldl = ldl + weights[index] * stage
-    ce = F.cross_entropy(output.logits.float(), labels.long())
+    ce = F.cross_entropy(output.logits.float(), labels.long() if final_targets is None else final_targets.float())
     dice = soft_dice_loss(output.logits, labels, config.dice)
     parts["ce"], parts["dice"] = ce.detach(), dice.detach()
     total = config.lambda_ldl * ldl + seg_weight * (config.lambda_ce * ce + dice)
