@@ -207,3 +207,20 @@ def test_study_config_checks() -> None:
         Study(train={}, variants={"unet": {}}, synthetic={"test_seeds": [100, 110]})
     with pytest.raises(ValueError, match="unknown config keys"):
         Study(train={}, variants={"unet": {"epochz": 3}})
+
+
+def test_with_data_the_test_cases_are_the_trainers_validation_split(tmp_path: Path) -> None:
+    """`--data`: no synthetic cases are written; the test cases are the validation cases the trainer recorded."""
+    torch.set_num_threads(1)
+    _write_tiny_cases(tmp_path / "dataset")
+    study = Study.from_file(_mini_study(tmp_path / "study.yaml", [0]))
+    out = tmp_path / "study"
+    run_study(study, out, data=tmp_path / "dataset" / "train", only=["unet"])
+    assert not (out / "data").exists()
+    saved = json.loads((out / "runs" / "unet" / "seed0" / "config.json").read_text())
+    tested = [
+        row["case_id"] for row in json.loads((out / "runs" / "unet" / "seed0" / "result.json").read_text())["cases"]
+    ]
+    checkpoint = torch.load(out / "runs" / "unet" / "seed0" / "last.pt", weights_only=True)
+    assert saved["data"] == str(tmp_path / "dataset" / "train")
+    assert tested == checkpoint["provenance"]["val_cases"] and len(tested) == 1
