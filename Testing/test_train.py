@@ -141,6 +141,10 @@ def test_config_validation(tmp_path: Path) -> None:
         tiny_config(epochs="two")
     with pytest.raises(ValueError, match="curriculum"):
         tiny_config(curriculum="backwards")
+    with pytest.raises(ValueError, match="final_targets"):
+        tiny_config(final_targets="uniform")
+    with pytest.raises(ValueError, match="final_sigma"):
+        tiny_config(final_targets="gaussian", final_sigma=0)
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**tiny_config().to_dict(), "epochs": 5}))
     assert TrainConfig.from_file(path, epochs=7).epochs == 7
@@ -151,6 +155,23 @@ def test_config_validation(tmp_path: Path) -> None:
     path.write_text("[1, 2]")
     with pytest.raises(ValueError, match="mapping"):
         TrainConfig.from_file(path)
+
+
+def test_gaussian_final_targets_change_only_the_cross_entropy(tmp_path: Path) -> None:
+    """Same seed, same first batch and weights: the Gaussian (SVLS-style) targets change the CE part, not the Dice."""
+    losses = []
+    for targets in ("onehot", "gaussian"):
+        config = tiny_config(
+            epochs=1,
+            iters_per_epoch=1,
+            final_targets=targets,
+            final_sigma=1.0,
+            model={"base_width": 4, "ldl_stages": 0},
+        )
+        Trainer(config, tmp_path / targets).run()
+        losses.append(_metrics(tmp_path / targets)[0])
+    assert losses[0]["loss_dice"] == pytest.approx(losses[1]["loss_dice"], rel=1e-6)
+    assert abs(losses[0]["loss_ce"] - losses[1]["loss_ce"]) > 1e-3
 
 
 def test_patch_sampler_is_seeded_and_shaped() -> None:

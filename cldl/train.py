@@ -41,15 +41,17 @@ from .distributed import (
     mean_over_ranks,
     shutdown,
 )
-from .distributions import rldl_targets
+from .distributions import gaussian_label_distribution, rldl_targets
 from .events import Reporter
 from .infer import sliding_window_probabilities
 from .losses import LossConfig, cldl_loss
 from .metrics import dice
 from .model import ModelConfig, UNetLDL, count_parameters
-from .precision import cpu_has_native_bf16
+from .precision import autocast_dtype, cpu_has_native_bf16
 from .prefetch import BatchPrefetcher
 from .tasks import Task, get_task
+
+FINAL_TARGETS = ("onehot", "gaussian")
 
 
 @dataclass
@@ -76,6 +78,8 @@ class TrainConfig:
     dice: str = "robust"
     curriculum: str = defaults.CURRICULUM
     ramp_epochs: float = 10.0
+    final_targets: str = "onehot"  # onehot | gaussian (voxel-level LDL baseline, SVLS-style: smoothed one-hot CE)
+    final_sigma: float = 1.0  # voxels, the Gaussian's sd for final_targets "gaussian"
     fg_oversample: float = 0.33
     flip_prob: float = 0.5
     augment: str = "paper"  # none | paper (mirror flips, the authors') | nnunet (cldl.data.augment)
@@ -113,6 +117,8 @@ class TrainConfig:
             raise ValueError(f"unknown model keys {unknown}; valid keys: {sorted(ModelConfig.__dataclass_fields__)}")
         ModelConfig(**self.model)  # validates the model values early
         Curriculum(3, self.curriculum, self.ramp_epochs)
+        if self.final_targets not in FINAL_TARGETS or not self.final_sigma > 0:
+            raise ValueError(f"final_targets must be one of {FINAL_TARGETS} and final_sigma > 0")
         LossConfig(self.lambda_ldl, self.lambda_ce, self.dice)
         PreprocessConfig.from_dict(self.preprocess, strict=True)  # validates the preprocessing keys early
 
@@ -329,11 +335,15 @@ def validate(
     per-case scores are gathered, so every rank returns the numbers one process would have computed.
     """
     model.eval()
+    device = next(model.parameters()).device
     shard = range(rank, len(cases), world_size)
     rows: list[tuple[int, list[float]]] = []
     for done, index in enumerate(shard):
         case = cases[index]
-        probs = sliding_window_probabilities(model, case.images, patch, overlap=overlap, pad_value=pad_value)
+        autocast = autocast_dtype("auto" if device.type == "cuda" else "fp32", device)  # as before: fp32 on CPU
+        probs = sliding_window_probabilities(
+            model, case.images, patch, overlap=overlap, pad_value=pad_value, autocast=autocast
+        )
         pred = probs.argmax(0).cpu().numpy()
         rows.append((index, [dice(np.isin(pred, r.classes), np.isin(case.labels, r.classes)) for r in task.regions]))
         reporter.progress("validate", done + 1, len(shard))
@@ -641,13 +651,18 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.no_grad():
             targets = rldl_targets(y, self.task.num_classes, self.regions)
+            final_targets = (
+                gaussian_label_distribution(y, self.task.num_classes, self.config.final_sigma)
+                if self.config.final_targets == "gaussian"
+                else None
+            )
         stage_weights, seg_weight = self.curriculum.weights(progress)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):
             output = model(x)
-            loss, parts = cldl_loss(output, y, targets, self.loss_config, stage_weights, seg_weight)
+            loss, parts = cldl_loss(output, y, targets, self.loss_config, stage_weights, seg_weight, final_targets)
         finite = bool(torch.isfinite(loss))
         # one small all-reduce: every rank raises together, and every rank stops after the same step
         not_finite, self.stop_agreed = any_rank(self.dist, [not finite, self.stop_requested()])
