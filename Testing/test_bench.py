@@ -74,3 +74,22 @@ def test_synthetic_data_benchmark_quick(tmp_path: Path) -> None:
     figures = json.loads(json_path.read_text())
     assert set(figures["augment_ms_per_patch"]) == {"none", "paper", "nnunet"}
     assert figures["generator_s_per_case"][0] > 0
+
+
+def test_cpu_precision_benchmark_quick(tmp_path: Path) -> None:
+    json_path = tmp_path / "p.json"
+    out = _run(
+        [
+            sys.executable,
+            str(BENCH / "cpu_precision.py"),
+            "--quick",
+            "--model",
+            "brats-phantom-demo",
+            "--json",
+            str(json_path),
+        ]
+    )
+    assert "speed-up bf16 / fp32" in out and "labels equal inside the brain" in out
+    figures = json.loads(json_path.read_text())
+    assert set(figures["best"]) == {"fp32", "bf16"}
+    assert figures["agreement"][0]["label_agreement"] > 0.99

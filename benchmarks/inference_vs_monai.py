@@ -8,7 +8,7 @@ a separate child process, so its peak RSS is its own; ours and MONAI's runs alte
 machine slows both alike, and the fastest run of each is compared. The label maps are compared inside the head.
 
 Random weights make the labels arbitrary: the agreement figure shows how much window placement alone changes an
-untrained network's argmax. ``--demo-cases`` adds the same comparison with the trained demo model (64^3 window) on
+untrained network's argmax. ``--demo-cases`` adds the same comparison with the trained phantom model (64^3 window) on
 96^3 phantoms, with both pipelines' Dice against the phantom's ground truth.
 
 Run: .venv/bin/python benchmarks/inference_vs_monai.py [--overlap 0.25] [--repeats 2] [--demo-cases 3] [--quick]
@@ -69,7 +69,7 @@ def child(kind: str, checkpoint: str, images_path: str, out: str, overlap: float
     images = np.load(images_path)
     started = time.perf_counter()
     if kind == "ours":
-        predictor = Predictor(checkpoint, device="cpu", overlap=overlap)
+        predictor = Predictor(checkpoint, device="cpu", overlap=overlap, precision="fp32")  # MONAI's arithmetic
         calls: list[int] = []
         loaded, cpu = time.perf_counter(), time.process_time()
         prediction = predictor.predict(images, progress=lambda done, total: calls.append(total))
@@ -103,9 +103,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def demo_comparison(cases: int, overlap: float) -> list[dict]:
     """Trained demo model: ours vs MONAI on fresh 96^3 phantoms (labels and Dice against the truth)."""
-    from cldl.zoo import DEFAULT_MODEL, resolve_model
+    from cldl.zoo import PHANTOM_MODEL, resolve_model
 
-    predictor = Predictor(resolve_model(DEFAULT_MODEL), device="cpu", overlap=overlap)
+    predictor = Predictor(resolve_model(PHANTOM_MODEL), device="cpu", overlap=overlap, precision="fp32")
     rows = []
     for seed in range(20_000, 20_000 + cases):
         case = brats_phantom(seed, shape=(96, 96, 96))

@@ -21,7 +21,7 @@ from _common import command_line, machine_summary
 from cldl.data.phantoms import brats_phantom
 from cldl.infer import Predictor
 from cldl.metrics import dice
-from cldl.zoo import DEFAULT_MODEL, resolve_model
+from cldl.zoo import PHANTOM_MODEL, resolve_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     overlaps = [float(v) for v in args.overlaps.split(",")]
     predictors = {
-        o: Predictor(resolve_model(args.model or DEFAULT_MODEL), device="cpu", overlap=o, window_batch=1)
+        o: Predictor(resolve_model(args.model or PHANTOM_MODEL), device="cpu", overlap=o, window_batch=1)
         for o in overlaps
     }
     for predictor in predictors.values():
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {command_line()}")
     print(f"machine: {machine_summary()}")
     print(
-        f"model: {args.model or DEFAULT_MODEL}; window {args.window}^3; {args.cases} phantoms {tuple(args.shape)}, "
+        f"model: {args.model or PHANTOM_MODEL}; window {args.window}^3; {args.cases} phantoms {tuple(args.shape)}, "
         f"seeds {args.first_seed}..{args.first_seed + args.cases - 1}; CPU, {torch.get_num_threads()} threads"
     )
     names = [r.name for r in task.regions]
