@@ -1,7 +1,9 @@
 """The predictor: load a checkpoint once, then segment volumes by Gaussian-weighted sliding windows.
 
 Outputs live on the input grid: the label map in the task's original label values, the uncertainty map
-(normalised entropy or 1 - max probability, float16) and, on request, per-class probabilities (float16).
+(normalised entropy or 1 - max probability, float16), the near-tie mask (the two most likely classes within
+``NEAR_TIE`` of each other) and, on request, per-class probabilities (float16) and the LDL stages' region
+distributions (:mod:`cldl.stage_maps`).
 Probabilities are averaged over windows (and mirror flips with TTA) on the cropped foreground, then the
 argmax is taken; no float64 copy of a volume is ever made.
 """
@@ -25,6 +27,7 @@ from .defaults import OVERLAP
 from .distributions import UNCERTAINTY_MAPS
 from .io import Geometry, read_channels
 from .precision import autocast_dtype
+from .stage_maps import StageAccumulator, StageMaps, stage_maps_from
 from .tasks import Task
 
 ProgressFn = Callable[[int, int], None]
@@ -34,6 +37,8 @@ CPU_WINDOW_MEMORY_GB = 3.0
 """Activation memory the predictor may use for a batch of windows on CPU (keeps a BraTS case under 4 GB)."""
 ACTIVATION_FACTOR = 11
 """Peak inference activations of UNetLDL, in float32 maps of (base width x window) (8-11 measured on CPU)."""
+NEAR_TIE = 0.2
+"""A voxel whose two most likely classes are closer than this could flip label (confidence summary)."""
 
 
 class Cancelled(RuntimeError):
@@ -47,7 +52,15 @@ class Prediction:
     labels: np.ndarray  # original label values (z, y, x)
     classes: np.ndarray  # class indices 0..K-1, uint8
     uncertainty: np.ndarray  # float16 in [0, 1]
+    near_tie: np.ndarray  # bool: top-two class probabilities within NEAR_TIE
     probabilities: np.ndarray | None = None  # float16, K x z x y x
+    stage_maps: StageMaps | None = None  # the LDL stages' region distributions (predict(stage_maps=...))
+
+
+def near_tie(probs: torch.Tensor) -> torch.Tensor:
+    """Voxels (``K x ...`` probabilities) whose two most likely classes are within ``NEAR_TIE`` of each other."""
+    top = probs.topk(2, dim=0).values
+    return (top[0] - top[1]) < NEAR_TIE
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -191,29 +204,38 @@ class Predictor:
         progress: ProgressFn | None = None,
         cancel: Callable[[], bool] | None = None,
         geometry: Geometry | None = None,
+        stage_maps: str | None = None,
     ) -> Prediction:
         """Segment one case given as ``C x z x y x`` array in the task's modality order.
 
         With ``geometry`` the checkpoint's orientation and resampling steps apply; the probabilities are mapped
         back onto the input grid (exactly, or by linear interpolation after resampling) before the argmax.
+        ``stage_maps`` (``"nearest"`` or ``"linear"``, the interpolation onto the input grid) also returns the LDL
+        stages' stitched region distributions.
         """
         if uncertainty not in UNCERTAINTY_MAPS:
             raise ValueError(f"uncertainty must be one of {sorted(UNCERTAINTY_MAPS)}, got {uncertainty!r}")
         task = self.task
         case = preprocess(images, self.checkpoint.preprocess, task.modalities, geometry=geometry)
-        probs = self.sliding_window(case.images, progress=progress, cancel=cancel)
+        probs, stages = self.sliding_window_outputs(
+            case.images, stages=stage_maps is not None, progress=progress, cancel=cancel
+        )
+        maps = None if stage_maps is None else stage_maps_from(stages, case, stage_maps)
         if case.resampled:
-            return self._resampled_prediction(case, probs, keep_probabilities, uncertainty)
+            prediction = self._resampled_prediction(case, probs, keep_probabilities, uncertainty)
+            prediction.stage_maps = maps
+            return prediction
         uncert = UNCERTAINTY_MAPS[uncertainty](probs.unsqueeze(0))[0]
         classes = case.to_input(case.paste(probs.argmax(dim=0).to(torch.uint8).cpu().numpy()))
         uncertainty_map = case.to_input(case.paste(uncert.to(torch.float16).cpu().numpy()))
+        ties = case.to_input(case.paste(near_tie(probs).cpu().numpy()))
         probabilities = None
         if keep_probabilities:
             crop_probabilities = probs.to(torch.float16).cpu().numpy()
             probabilities = case.paste(crop_probabilities)
             probabilities[0] = case.paste(crop_probabilities[0], fill=1.0)  # background outside the crop
             probabilities = case.to_input(probabilities)
-        return Prediction(task.classes_to_labels(classes), classes, uncertainty_map, probabilities)
+        return Prediction(task.classes_to_labels(classes), classes, uncertainty_map, ties, probabilities, maps)
 
     def _resampled_prediction(
         self, case: Preprocessed, probs: torch.Tensor, keep_probabilities: bool, uncertainty: str
@@ -222,20 +244,32 @@ class Predictor:
         shape = case.input_shape
         classes = np.zeros(shape, dtype=np.uint8)
         uncertainty_map = np.zeros(shape, dtype=np.float16)
+        ties = np.zeros(shape, dtype=bool)
         probabilities = np.zeros((self.task.num_classes, *shape), dtype=np.float16) if keep_probabilities else None
         for index, slab in input_grid_probabilities(case, probs.float().cpu().numpy()):
             tensor = torch.from_numpy(slab)
             classes[index] = tensor.argmax(dim=0).to(torch.uint8).numpy()
             uncertainty_map[index] = UNCERTAINTY_MAPS[uncertainty](tensor.unsqueeze(0))[0].to(torch.float16).numpy()
+            ties[index] = near_tie(tensor).numpy()
             if probabilities is not None:
                 probabilities[:, index] = slab.astype(np.float16)
-        return Prediction(self.task.classes_to_labels(classes), classes, uncertainty_map, probabilities)
+        return Prediction(self.task.classes_to_labels(classes), classes, uncertainty_map, ties, probabilities)
 
     def sliding_window(
         self, volume: np.ndarray, progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None
     ) -> torch.Tensor:
         """Class probabilities (K x d x h x w, float32, on the predictor's device) of a normalised volume."""
-        return sliding_window_probabilities(
+        return self.sliding_window_outputs(volume, progress=progress, cancel=cancel)[0]
+
+    def sliding_window_outputs(
+        self,
+        volume: np.ndarray,
+        stages: bool = False,
+        progress: ProgressFn | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+        """Class probabilities and, with ``stages``, the stitched stage distributions (module function)."""
+        return sliding_window_outputs(
             self.model,
             volume,
             self.window,
@@ -247,11 +281,20 @@ class Predictor:
             progress=progress,
             cancel=cancel,
             autocast=self.autocast,
+            stages=stages,
         )
 
 
-@torch.inference_mode()
 def sliding_window_probabilities(
+    model: torch.nn.Module, volume: np.ndarray, window: Sequence[int], **kwargs
+) -> torch.Tensor:
+    """Softmax of ``model``'s final head over a ``C x d x h x w`` volume by weighted sliding windows (float32);
+    keyword arguments as :func:`sliding_window_outputs`."""
+    return sliding_window_outputs(model, volume, window, **kwargs)[0]
+
+
+@torch.inference_mode()
+def sliding_window_outputs(
     model: torch.nn.Module,
     volume: np.ndarray,
     window: Sequence[int],
@@ -263,8 +306,11 @@ def sliding_window_probabilities(
     progress: ProgressFn | None = None,
     cancel: Callable[[], bool] | None = None,
     autocast: torch.dtype | None = None,
-) -> torch.Tensor:
-    """Softmax of ``model``'s final head over a ``C x d x h x w`` volume by weighted sliding windows (float32).
+    stages: bool = False,
+) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+    """Softmax of ``model``'s final head over a ``C x d x h x w`` volume by weighted sliding windows (float32) and,
+    with ``stages``, each LDL stage's ``(region, K x grid)`` distribution stitched on its own grid (coarsest first;
+    :class:`cldl.stage_maps.StageAccumulator`), else an empty list.
 
     Volumes smaller than the window are padded evenly on both sides (with 0, or the volume's minimum for
     ``pad_value="min"``), so the windows of a mirrored volume are the mirrored windows. ``autocast`` runs the
@@ -286,6 +332,7 @@ def sliding_window_probabilities(
     weight = gaussian_importance(window, device=device) if gaussian else torch.ones(window, device=device)
     flips = [axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)] if tta else [()]
     accumulated = None
+    stage_sums = StageAccumulator(shape, before, device) if stages else None
     coverage = torch.zeros(padded, dtype=torch.float32, device=device)
     total = len(starts)
     for first in range(0, total, window_batch):
@@ -294,31 +341,43 @@ def sliding_window_probabilities(
         slices = [
             tuple(slice(s, s + w) for s, w in zip(start, window)) for start in starts[first : first + window_batch]
         ]
-        probs = _mirrored_softmax(model, torch.stack([image[(slice(None),) + sl] for sl in slices]), flips, autocast)
+        batch = torch.stack([image[(slice(None),) + sl] for sl in slices])
+        probs, stage_probs = _mirrored_softmax(model, batch, flips, autocast, stages)
         if accumulated is None:
             accumulated = torch.zeros((probs.shape[1], *padded), dtype=torch.float32, device=device)
-        for sl, window_probs in zip(slices, probs):
+        for n, (sl, window_probs) in enumerate(zip(slices, probs)):
             accumulated[(slice(None),) + sl].addcmul_(window_probs, weight)
             coverage[sl].add_(weight)
+            if stage_sums is not None:
+                stage_sums.add([s.start for s in sl], [p[n] for p in stage_probs], weight)
         if progress is not None:
             progress(min(first + window_batch, total), total)
     accumulated.div_(coverage)
-    return accumulated[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, shape))]
+    crop = accumulated[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, shape))]
+    return crop, [] if stage_sums is None else stage_sums.distributions()
 
 
 def _mirrored_softmax(
-    model: torch.nn.Module, batch: torch.Tensor, flips: list[tuple[int, ...]], autocast: torch.dtype | None
-) -> torch.Tensor:
-    """Softmax of the final head, averaged over the mirror flips (float32; the network in ``autocast``)."""
-    total = None
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    flips: list[tuple[int, ...]],
+    autocast: torch.dtype | None,
+    stages: bool = False,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Softmax of the final head and, with ``stages``, the stage distributions, averaged over the mirror flips
+    (float32; the network in ``autocast``)."""
+    total, stage_totals = None, []
     for axes in flips:
         x = batch.flip(axes) if axes else batch
         with torch.autocast(batch.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            logits = model(x).logits
-        probs = torch.softmax(logits.float(), dim=1)
-        probs = probs.flip(axes) if axes else probs
-        total = probs if total is None else total.add_(probs)
-    return total.div_(len(flips))
+            output = model(x)
+        outputs = [torch.softmax(output.logits.float(), dim=1)]
+        if stages:
+            outputs += [log_probs.float().exp() for log_probs in output.stage_log_probs]
+        outputs = [o.flip(axes) if axes else o for o in outputs]
+        total = outputs[0] if total is None else total.add_(outputs[0])
+        stage_totals = outputs[1:] if not stage_totals else [t.add_(o) for t, o in zip(stage_totals, outputs[1:])]
+    return total.div_(len(flips)), [t.div_(len(flips)) for t in stage_totals]
 
 
 def segment_files(

@@ -810,10 +810,10 @@ def vector_image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return geometry.apply(sitk.GetImageFromArray(data, isVector=True))
 
 
-def resample_vector(image: sitk.Image, target: Geometry) -> np.ndarray:
-    """Linearly resample a vector image (:func:`vector_image`) onto ``target``: ``(z, y, x, C)`` float32, zero
-    outside the source."""
-    return sitk.GetArrayFromImage(_resampler(target, "linear", 0.0).Execute(image))
+def resample_vector(image: sitk.Image, target: Geometry, interpolator: str = "linear") -> np.ndarray:
+    """Resample a vector image (:func:`vector_image`) onto ``target`` (``linear`` or ``nearest``): ``(z, y, x, C)``
+    float32, zero outside the source."""
+    return sitk.GetArrayFromImage(_resampler(target, interpolator, 0.0).Execute(image))
 
 
 def labels_on_grid(labels: np.ndarray, geometry: Geometry, reference: Geometry) -> np.ndarray | None:
