@@ -167,3 +167,14 @@ def test_synth_command_writes_a_brats_layout_and_skips_complete_cases(tmp_path: 
     assert "wrote 0 case(s)" in capsys.readouterr().out
     assert main(["synth", "--out", str(out), "--seeds", "5", "--progress", "none"]) == 1
     assert "A:B" in capsys.readouterr().err
+
+
+def test_skull_stripping_errors_leave_exact_zeros_outside_the_mask() -> None:
+    """Every modality is exactly 0 outside one common brain mask, with or without stripping errors."""
+    for p_strip in (0.0, 1.0):
+        case = anatomy_case(2, AnatomyConfig(shape=SMALL.shape, spacing=SMALL.spacing, p_strip_error=p_strip))
+        nonzero = case.images > 0
+        support = nonzero.any(0)
+        assert (nonzero.sum(0)[support] >= 3).mean() > 0.995  # no faint halo in one channel only
+        low = (case.images > 0) & (case.images < 0.01 * case.images.max(axis=(1, 2, 3), keepdims=True))
+        assert low.sum() < 0.01 * nonzero.sum()

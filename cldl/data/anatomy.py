@@ -459,7 +459,7 @@ def _build(rng: np.random.Generator, seed: int, config: AnatomyConfig, anatomy: 
         smooth = _gaussian_blur(brain, (2.0, 2.0, 2.0))
         level = 0.5 + 0.2 * _smooth_field(rng, tuple(brain.shape), 15.0 / config.spacing)
         mask = torch.sigmoid((smooth - level.clamp(0.1, 0.9)) / 0.05)
-        remnant = (mask - brain).clamp_min(0)  # outside the brain but inside the mask: dura/CSF remnants
+        remnant = (mask - brain).clamp_min(0) * (mask > 0.5)  # outside the brain, inside the mask: dura/CSF
     else:
         remnant = torch.zeros_like(brain)
     tissues = tissues * torch.minimum(mask, torch.ones_like(mask))
@@ -511,7 +511,7 @@ def _acquire(rng: np.random.Generator, image: torch.Tensor, mask: torch.Tensor, 
     if rng.random() < config.p_gamma:
         top = float(torch.quantile(image[inside][::31], 0.995)) if bool(inside.any()) else 1.0
         image = (image / top).clamp_min(0) ** rng.uniform(0.7, 1.5) * top
-    image = image * mask
+    image = image * (mask > 0.5)  # skull stripping cuts: exactly 0 outside the mask, as in BraTS
     top = float(torch.quantile(image[inside][::31], 0.995)) if bool(inside.any()) else 1.0
     return torch.round(image * (rng.uniform(400, 3000) / max(top, 1e-6))).clamp(0, 32767)
 
