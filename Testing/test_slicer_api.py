@@ -217,6 +217,7 @@ RECEIVERS: dict[str, dict[str, str]] = {
     },
     "logic.py": {
         "inputVolume": "vtkMRMLScalarVolumeNode",
+        "mapVolume": "vtkMRMLScalarVolumeNode",
         "node": "vtkMRMLNode",
         "reference": "vtkMRMLScalarVolumeNode",
         "scene": "vtkMRMLScene",

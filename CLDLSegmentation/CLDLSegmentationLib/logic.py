@@ -71,6 +71,7 @@ class SegmentationOptions:
     overlap: float = OVERLAP
     uncertaintyMap: str = "entropy"
     keepProbabilities: bool = False
+    ldlMaps: bool = False  # the LDL stages' region maps (ambiguity and class fractions per region size)
 
     def __post_init__(self) -> None:
         if self.device not in {d.value for d in DeviceChoice}:
@@ -96,11 +97,23 @@ class SegmentationResult:
     probabilityNodes: dict[str, Any] = field(default_factory=dict)  # class key -> volume node
     summary: dict[str, Any] = field(default_factory=dict)  # the engine's result event
     model: ModelInfo | None = None
+    ldlMapNodes: list[Any] = field(default_factory=list)  # region maps, coarsest stage first
 
 
 def mapFileSuffix() -> str:
     """NIfTI (uint8, a quarter of float32) when nibabel is there for the engine to write it, else float NRRD."""
     return ".nii" if importlib.util.find_spec("nibabel") is not None else ".nrrd"
+
+
+def importLdlMap(entry: Mapping[str, Any], scene, base: str, reference):
+    """One region map of the result event as a 0..1 volume named by what it shows (``CLDL.Title``)."""
+    title = str(entry["title"])
+    mapVolume = importVolume(entry["path"], scene, f"{base} CLDL {title}")
+    mapVolume.SetAttribute(MAP_ATTRIBUTE, "ldl")
+    mapVolume.SetAttribute("CLDL.Title", title)
+    mapVolume.SetAttribute("CLDL.Kind", str(entry.get("kind", "")))
+    mapVolume.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
+    return mapVolume
 
 
 class SegmentationJob(EngineRun):
@@ -262,6 +275,8 @@ class SegmentationLogic:
             arguments += ["--uncertainty", outputs["uncertainty"]]
             if "probabilities" in outputs:
                 arguments += ["--probabilities", outputs["probabilities"]]
+            if options.ldlMaps:
+                arguments += ["--ldl-maps", workDir / "ldl"]
             arguments += options.arguments() + ["--progress", "jsonl"]
             process = JsonLinesProcess(engineCommand(arguments, self.python), env=engineEnvironment(), cwd=workDir)
             job = SegmentationJob(
@@ -328,16 +343,20 @@ class SegmentationLogic:
                 node.SetAttribute("CLDL.Class", key)
                 node.SetAttribute("CLDL.Title", f"P({key})")
                 probabilityNodes[key] = node
-        for node in [segmentationNode, uncertainty, *probabilityNodes.values()]:
+        ldlMapNodes = [importLdlMap(entry, scene, base, reference) for entry in (summary or {}).get("ldl_maps") or []]
+        maps = [uncertainty, *probabilityNodes.values(), *ldlMapNodes]
+        for node in [segmentationNode, *maps]:
             node.SetAttribute("CLDL.Model", model.key)
             node.SetAttribute("CLDL.Input", reference.GetID())
-        for node in [uncertainty, *probabilityNodes.values()]:
+        for node in maps:
             node.SetAttribute(OVERLAY_ATTRIBUTE, "1")
-        self._placeInHierarchy(reference, [segmentationNode, uncertainty, *probabilityNodes.values()])
+        self._placeInHierarchy(reference, [segmentationNode, *maps])
         showOutlines(segmentationNode)
         if show:
             showMap(uncertainty, reference, self.overlaySettings, title=uncertainty.GetAttribute("CLDL.Title"))
-        return SegmentationResult(segmentationNode, segmentIds, uncertainty, probabilityNodes, summary or {}, model)
+        return SegmentationResult(
+            segmentationNode, segmentIds, uncertainty, probabilityNodes, summary or {}, model, ldlMapNodes=ldlMapNodes
+        )
 
     @staticmethod
     def _placeInHierarchy(reference, nodes: list) -> None:
