@@ -20,7 +20,8 @@ def _volume(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_presets_and_unknown_names() -> None:
-    assert AUGMENT_PRESETS == ("none", "paper", "nnunet")
+    assert AUGMENT_PRESETS == ("none", "paper", "mmwhs", "nnunet")
+    assert preset("mmwhs").spatial and preset("mmwhs").rotate_axes == (False, True, True)
     assert preset("none").flip_prob == 0 and not preset("none").spatial
     assert preset("paper", 0.5).flip_prob == 0.5 and not preset("paper").spatial
     assert preset("nnunet").spatial and preset("nnunet").p_gamma == 0.3

@@ -11,8 +11,8 @@ import vtk
 from slicer_testing import new_scene
 from vtk.util.numpy_support import vtk_to_numpy
 
+from cldl.evaluation import evaluate_pair
 from cldl.io import Geometry, read_labels, write_segmentation
-from cldl.metrics import evaluate_pair
 from cldl.tasks import BRATS, MMWHS_CT
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])

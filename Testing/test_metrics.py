@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndimage  # noqa: E402  reference EDT for the tests only (a medpy dependency)
 
+from cldl import evaluation as E
 from cldl import metrics as M
 from cldl.io import Geometry, write_image
 from cldl.tasks import BINARY, BRATS, MMWHS_CT
@@ -252,7 +253,7 @@ def test_evaluate_pair_reads_labels_and_uses_zyx_spacing(tmp_path: Path) -> None
     pred, ref = label_pair()
     pred_path = write_labels(tmp_path / "case7_pred.nii.gz", pred)
     ref_path = write_labels(tmp_path / "case7_seg.nii.gz", ref)
-    result = M.evaluate_pair(pred_path, ref_path, BRATS)
+    result = E.evaluate_pair(pred_path, ref_path, BRATS)
     assert result["case"] == "case7"
     expected = M.region_metrics(BRATS.labels_to_classes(pred), BRATS.labels_to_classes(ref), BRATS, (3.0, 1.0, 1.0))
     assert result["regions"] == expected
@@ -268,11 +269,11 @@ def test_evaluate_pair_geometry_mismatch(tmp_path: Path) -> None:
     pred_path = write_labels(tmp_path / "a_pred.nii.gz", pred, spacing_zyx=(2.0, 1.0, 1.0))
     ref_path = write_labels(tmp_path / "a_seg.nii.gz", ref)
     with pytest.raises(ValueError, match="geometry") as info:
-        M.evaluate_pair(pred_path, ref_path, BRATS)
+        E.evaluate_pair(pred_path, ref_path, BRATS)
     assert str(pred_path) in str(info.value) and str(ref_path) in str(info.value)
     other_size = write_labels(tmp_path / "b_pred.nii.gz", pred[:, :, :-1])
     with pytest.raises(ValueError, match="geometry"):
-        M.evaluate_pair(other_size, ref_path, BRATS)
+        E.evaluate_pair(other_size, ref_path, BRATS)
 
 
 def test_evaluate_pair_unknown_labels(tmp_path: Path) -> None:
@@ -281,7 +282,7 @@ def test_evaluate_pair_unknown_labels(tmp_path: Path) -> None:
     pred_path = write_labels(tmp_path / "c_pred.nii.gz", pred)
     ref_path = write_labels(tmp_path / "c_seg.nii.gz", ref)
     with pytest.raises(ValueError, match=r"\[3\]") as info:
-        M.evaluate_pair(pred_path, ref_path, BRATS)
+        E.evaluate_pair(pred_path, ref_path, BRATS)
     assert str(pred_path) in str(info.value)
 
 
@@ -291,7 +292,7 @@ def test_evaluate_pair_mmwhs_label_values(tmp_path: Path) -> None:
     ref[1:5, 1:7, 4:7] = 850
     pred = ref.copy()
     pred[1:5, 1:7, 3] = 850
-    result = M.evaluate_pair(
+    result = E.evaluate_pair(
         write_labels(tmp_path / "ct_1001_pred.nii.gz", pred), write_labels(tmp_path / "ct_1001.nii.gz", ref), MMWHS_CT
     )
     assert result["case"] == "ct_1001"
@@ -301,12 +302,12 @@ def test_evaluate_pair_mmwhs_label_values(tmp_path: Path) -> None:
 
 
 def test_case_id() -> None:
-    assert M.case_id("/x/BraTS2021_00001_seg.nii.gz") == "BraTS2021_00001"
-    assert M.case_id("BraTS2021_00001.nii.gz") == "BraTS2021_00001"
-    assert M.case_id("ct_1001_label.nrrd") == "ct_1001"
-    assert M.case_id("ct_1001_pred.mha") == "ct_1001"
-    assert M.case_id("case.seg.nii") == "case.seg"
-    assert M.case_id("my_segment.nii.gz") == "my_segment"
+    assert E.case_id("/x/BraTS2021_00001_seg.nii.gz") == "BraTS2021_00001"
+    assert E.case_id("BraTS2021_00001.nii.gz") == "BraTS2021_00001"
+    assert E.case_id("ct_1001_label.nrrd") == "ct_1001"
+    assert E.case_id("ct_1001_pred.mha") == "ct_1001"
+    assert E.case_id("case.seg.nii") == "case.seg"
+    assert E.case_id("my_segment.nii.gz") == "my_segment"
 
 
 def test_folders_match_by_case_id(tmp_path: Path) -> None:
@@ -319,7 +320,7 @@ def test_folders_match_by_case_id(tmp_path: Path) -> None:
     write_labels(tmp_path / "pred" / "b99_pred.nii.gz", pred)  # no reference: ignored with a warning
     (tmp_path / "ref" / "notes.txt").write_text("not an image")
     with pytest.warns(UserWarning, match="b99"):
-        results = M.evaluate_folders_or_files(tmp_path / "pred", tmp_path / "ref", BRATS)
+        results = E.evaluate_folders_or_files(tmp_path / "pred", tmp_path / "ref", BRATS)
     assert [r["case"] for r in results] == ["b01", "b02"]
     assert results[0]["regions"]["WT"]["dice"] == 1.0
     assert results[1]["regions"]["WT"]["dice"] < 1.0
@@ -331,14 +332,14 @@ def test_folders_match_by_case_id(tmp_path: Path) -> None:
     write_labels(tmp_path / "ref" / "b03_label.nii.gz", ref)
     with pytest.raises(ValueError, match="b03"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        M.evaluate_folders_or_files(tmp_path / "pred", tmp_path / "ref", BRATS)
+        E.evaluate_folders_or_files(tmp_path / "pred", tmp_path / "ref", BRATS)
     # two files: one pair
-    single = M.evaluate_folders_or_files(tmp_path / "pred" / "b02.nii.gz", tmp_path / "ref" / "b02_seg.nii.gz", BRATS)
+    single = E.evaluate_folders_or_files(tmp_path / "pred" / "b02.nii.gz", tmp_path / "ref" / "b02_seg.nii.gz", BRATS)
     assert single == [results[1]]
     with pytest.raises(ValueError, match="two files or two folders"):
-        M.evaluate_folders_or_files(tmp_path / "pred" / "b02.nii.gz", tmp_path / "ref", BRATS)
+        E.evaluate_folders_or_files(tmp_path / "pred" / "b02.nii.gz", tmp_path / "ref", BRATS)
     with pytest.raises(ValueError, match="no such"):
-        M.evaluate_folders_or_files(tmp_path / "nope", tmp_path / "ref", BRATS)
+        E.evaluate_folders_or_files(tmp_path / "nope", tmp_path / "ref", BRATS)
 
 
 def test_duplicate_case_ids_in_a_folder(tmp_path: Path) -> None:
@@ -346,7 +347,7 @@ def test_duplicate_case_ids_in_a_folder(tmp_path: Path) -> None:
     write_labels(tmp_path / "x1.nii.gz", labels)
     write_labels(tmp_path / "x1_seg.nii.gz", labels)
     with pytest.raises(ValueError, match="same case id"):
-        M.evaluate_folders_or_files(tmp_path, tmp_path, BINARY)
+        E.evaluate_folders_or_files(tmp_path, tmp_path, BINARY)
 
 
 def test_summarize_ignores_nan() -> None:

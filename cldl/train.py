@@ -42,16 +42,19 @@ from .distributed import (
     shutdown,
 )
 from .distributions import gaussian_label_distribution, rldl_targets
+from .evaluation import relabel_small_et
 from .events import Reporter
 from .infer import sliding_window_probabilities
 from .losses import LossConfig, cldl_loss
-from .metrics import dice
+from .metrics import EMPTY_RULES, dice
 from .model import ModelConfig, UNetLDL, count_parameters
 from .precision import autocast_dtype, cpu_has_native_bf16
 from .prefetch import BatchPrefetcher
 from .tasks import Task, get_task
 
 FINAL_TARGETS = ("onehot", "gaussian")
+AMP_DTYPES = ("auto", "bf16", "fp16")
+CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @dataclass
@@ -86,9 +89,12 @@ class TrainConfig:
     seed: int = 0
     val_every: int = 1
     val_overlap: float = defaults.OVERLAP
+    empty_regions: str = "brats"  # both masks empty: brats = Dice 1 (HD95 0), authors = Dice 0 (validation + best.pt)
+    et_min_voxels: int = 0  # >0: predicted enhancing tumour smaller than this becomes necrosis (BraTS; 0: off)
     max_val_cases: int | None = None
     device: str = "auto"
     amp: bool = True
+    amp_dtype: str = "auto"  # CUDA autocast: auto (bf16 where supported, else fp16) | bf16 | fp16 (+ GradScaler)
     cpu_bf16: bool = False  # bf16 autocast for CPU training where the CPU has native bf16 (fp32 elsewhere)
     prefetch: int = 2  # batches drawn ahead by a background thread (0: on demand); results do not depend on it
     channels_last: bool = False  # channels-last 3D memory format for the training step (GPU; measure first)
@@ -110,6 +116,10 @@ class TrainConfig:
         if not 0 <= self.fg_oversample <= 1 or not 0 <= self.flip_prob <= 1:
             raise ValueError("fg_oversample and flip_prob must be in [0, 1]")
         augment_preset(self.augment, self.flip_prob)  # names an unknown preset early
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {list(AMP_DTYPES)}, got {self.amp_dtype!r}")
+        if self.empty_regions not in EMPTY_RULES or self.et_min_voxels < 0:
+            raise ValueError(f"empty_regions must be one of {list(EMPTY_RULES)} and et_min_voxels >= 0")
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
         unknown = sorted(set(self.model) - set(ModelConfig.__dataclass_fields__))
@@ -124,8 +134,8 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Read a JSON or YAML config file; ``overrides`` win over the file."""
-        return cls.from_dict({**read_config_file(path), **overrides})
+        """Read a JSON or YAML config file or preset name (with its ``extends`` chain); ``overrides`` win."""
+        return cls.from_dict({**load_config(path), **overrides})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -142,6 +152,44 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form (saved as ``config.json`` in the run folder)."""
         return asdict(self)
+
+
+def resolve_config(name: str | Path) -> Path:
+    """A config file path, or a preset name of ``cldl/configs`` (``brats2018_paper`` -> its ``.yaml``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for suffix in ("", ".yaml", ".yml", ".json"):
+        preset = CONFIG_DIR / f"{name}{suffix}"
+        if path.name == str(name) and preset.is_file():
+            return preset
+    presets = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    raise FileNotFoundError(f"{name}: no such config file or preset (presets: {', '.join(presets)})")
+
+
+def merge_configs(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``overlay`` over ``base``; mappings (``model``, ``preprocess``, ...) are merged key by key."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_configs(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(name: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file or preset with ``extends: <preset or path relative to the file>`` resolved (base first)."""
+    path = resolve_config(name).resolve()
+    if path in _seen:
+        raise ValueError(f"{path}: 'extends' loops back to this file")
+    data = read_config_file(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    relative = path.parent / str(parent)
+    base = load_config(relative if relative.is_file() else parent, (*_seen, path))
+    return merge_configs(base, data)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -328,8 +376,13 @@ def validate(
     reporter: Reporter,
     rank: int = 0,
     world_size: int = 1,
+    empty: str = "brats",
+    et_min_voxels: int = 0,
 ) -> dict[str, float]:
     """Full-volume sliding-window Dice per region (mean over cases) and their mean as ``dice_mean``.
+
+    ``empty`` scores a region empty in prediction and reference (Dice 1 for ``brats``, 0 for ``authors``);
+    ``et_min_voxels`` > 0 relabels a small predicted enhancing tumour as necrosis first.
 
     With ``world_size`` > 1 every rank validates its share of the cases (``cases[rank::world_size]``) and the
     per-case scores are gathered, so every rank returns the numbers one process would have computed.
@@ -344,8 +397,10 @@ def validate(
         probs = sliding_window_probabilities(
             model, case.images, patch, overlap=overlap, pad_value=pad_value, autocast=autocast
         )
-        pred = probs.argmax(0).cpu().numpy()
-        rows.append((index, [dice(np.isin(pred, r.classes), np.isin(case.labels, r.classes)) for r in task.regions]))
+        pred = relabel_small_et(probs.argmax(0).cpu().numpy(), task, et_min_voxels)
+        rows.append(
+            (index, [dice(np.isin(pred, r.classes), np.isin(case.labels, r.classes), empty) for r in task.regions])
+        )
         reporter.progress("validate", done + 1, len(shard))
     model.train()
     if world_size > 1:
@@ -399,7 +454,8 @@ class Trainer:
         self.patch = tuple(int(p) for p in config.patch_size)
         self.amp_dtype = None
         if config.amp and self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            bf16 = config.amp_dtype == "bf16" or (config.amp_dtype == "auto" and torch.cuda.is_bf16_supported())
+            self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
         elif config.cpu_bf16 and self.device.type == "cpu" and cpu_has_native_bf16():
             self.amp_dtype = torch.bfloat16
 
@@ -528,6 +584,8 @@ class Trainer:
                             reporter,
                             rank=ctx.rank,
                             world_size=ctx.world_size,
+                            empty=config.empty_regions,
+                            et_min_voxels=config.et_min_voxels,
                         )
                     )
                     is_best = record["dice_mean"] > best

@@ -1,4 +1,6 @@
-"""Patch augmentation presets: ``none``, ``paper`` (the authors' mirror flips) and ``nnunet`` (nnU-Net v2's set).
+"""Patch augmentation presets: ``none``, ``paper`` (the authors' mirror flips), ``mmwhs`` (the authors' MM-WHS
+rotation: every patch rotated by up to +-25 degrees about the x and y axes, no mirroring) and ``nnunet`` (nnU-Net
+v2's set).
 
 ``nnunet`` follows nnU-Net v2's default 3D training transforms and probabilities: rotation (+-30 degrees about each
 axis, p 0.2) and scaling (0.7-1.4, p 0.2) sampled from the whole volume around the patch (so no padding shows at the
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-AUGMENT_PRESETS = ("none", "paper", "nnunet")
+AUGMENT_PRESETS = ("none", "paper", "mmwhs", "nnunet")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Augmentation:
     flip_prob: float = 0.0
     p_rotate: float = 0.0
     rotate_deg: float = 30.0
+    rotate_axes: tuple[bool, bool, bool] = (True, True, True)  # rotation about z, y, x (array axes 0, 1, 2)
     p_scale: float = 0.0
     scale: tuple[float, float] = (0.7, 1.4)
     p_noise: float = 0.0
@@ -58,6 +61,8 @@ def preset(name: str, flip_prob: float = 0.5) -> Augmentation:
         return Augmentation()
     if name == "paper":
         return Augmentation(flip_prob=flip_prob)
+    if name == "mmwhs":
+        return Augmentation(p_rotate=1.0, rotate_deg=25.0, rotate_axes=(False, True, True))
     if name == "nnunet":
         return Augmentation(
             flip_prob=flip_prob,
@@ -88,7 +93,8 @@ def spatial_matrix(rng: np.random.Generator, aug: Augmentation) -> np.ndarray | 
     matrix = np.eye(3)
     drawn = False
     if aug.p_rotate and rng.random() < aug.p_rotate:
-        matrix = _rotation(np.deg2rad(rng.uniform(-aug.rotate_deg, aug.rotate_deg, 3))) @ matrix
+        angles = rng.uniform(-aug.rotate_deg, aug.rotate_deg, 3) * np.asarray(aug.rotate_axes, dtype=float)
+        matrix = _rotation(np.deg2rad(angles)) @ matrix
         drawn = True
     if aug.p_scale and rng.random() < aug.p_scale:
         matrix = matrix / rng.uniform(*aug.scale)  # zoom > 1 shows a smaller region, larger

@@ -667,9 +667,27 @@ def discover_cases(root: str | Path, task: Task) -> list[CaseFiles]:
     return sorted(dataset.cases, key=lambda c: c.case_id)
 
 
-def split_cases(cases: list, val_fraction: float, seed: int) -> tuple[list, list]:
-    """Sort, shuffle with ``seed`` and split (the authors use seed 3 and an 80/20 split)."""
-    ordered = sorted(cases, key=lambda c: c.case_id)
+def split_rule(cases: Sequence[CaseFiles]) -> str:
+    """``hgg_lgg`` when every case folder sits in an ``HGG`` or ``LGG`` folder of one parent (BraTS 2018/2019),
+    else ``case_id``."""
+    folders = {c.images[0].parent for c in cases if c.images}
+    if len(folders) == len(cases) and folders and {f.parent.name for f in folders} <= {"HGG", "LGG"}:
+        if len({f.parent.parent for f in folders}) == 1:
+            return "hgg_lgg"
+    return "case_id"
+
+
+def split_cases(cases: Sequence[CaseFiles], val_fraction: float, seed: int) -> tuple[list[CaseFiles], list[CaseFiles]]:
+    """Sort, shuffle with ``seed`` (Python's ``random``) and split into training and validation cases.
+
+    The sort key depends on the layout (:func:`split_rule`): in the BraTS ``{HGG,LGG}/<case>`` layout it is
+    ``HGG/<case>`` / ``LGG/<case>``, the order of the authors' sorted full paths, so that seed 3 and
+    ``val_fraction`` 0.2 give the authors' 228 / 57 split of BraTS 2018 exactly; elsewhere it is the case id.
+    """
+    if split_rule(cases) == "hgg_lgg":
+        ordered = sorted(cases, key=lambda c: f"{c.images[0].parent.parent.name}/{c.images[0].parent.name}")
+    else:
+        ordered = sorted(cases, key=lambda c: c.case_id)
     random.Random(seed).shuffle(ordered)
     n_train = len(ordered) - max(1, int(round(len(ordered) * val_fraction))) if len(ordered) > 1 else 1
     return ordered[:n_train], ordered[n_train:]
@@ -963,4 +981,5 @@ __all__ = [
     "mixup_problems",
     "read_case",
     "split_cases",
+    "split_rule",
 ]

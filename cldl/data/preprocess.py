@@ -48,6 +48,7 @@ class PreprocessConfig:
     ct_window: tuple[float, float] = (-100.0, 700.0)
     body_threshold: float = -500.0
     target_spacing: tuple[float, float, float] | None = None  # mm, x y z (ITK order); None keeps the input's
+    resize_factor: float | None = None  # e.g. 0.6: every case's grid scaled by 0.6 (the authors' MM-WHS resize)
     reorient: bool = True  # permute/flip axes to the nearest LPS orientation (exact)
 
     def __post_init__(self) -> None:
@@ -59,6 +60,8 @@ class PreprocessConfig:
             len(self.target_spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in self.target_spacing)
         ):
             raise ValueError(f"target_spacing must be three positive numbers (mm, x y z), got {self.target_spacing}")
+        if self.resize_factor is not None and (self.target_spacing is not None or not 0 < self.resize_factor <= 4):
+            raise ValueError("resize_factor must be in (0, 4] and cannot be combined with target_spacing")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form for checkpoints."""
@@ -357,10 +360,11 @@ def preprocess(
             images = orientation.apply(images)
             labels = None if labels is None else orientation.apply(labels)
             grid = orientation.apply_geometry(geometry)
-    if config.target_spacing is not None:
+    if config.target_spacing is not None or config.resize_factor is not None:
         if grid is None:
             raise InputError("this preprocessing resamples to a target spacing: the image geometry is needed")
-        target = resampled_grid(grid, config.target_spacing)
+        spacing = config.target_spacing or tuple(s / config.resize_factor for s in grid.spacing)
+        target = resampled_grid(grid, spacing)
         if not target.matches(grid, tol=1e-6):
             images = np.stack(
                 [resample(c, grid, target, "linear", outside_value(c, config.image_kind)) for c in images]
