@@ -20,7 +20,6 @@ from . import __version__, defaults
 from .events import PROGRESS_MODES, Reporter
 
 DEMO_SEED = 90_000
-DEMO_SHAPE = (96, 96, 96)
 SAMPLE_SEED = 0  # the case of Slicer's Sample Data module (cldl sample)
 
 
@@ -44,13 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="segment a synthetic brain-tumour case with the bundled demo model",
-        description="Make a BraTS-like phantom case the demo model never saw, segment it and "
-        "write inputs, segmentation, uncertainty, probabilities, a snapshot and metrics.",
+        help="segment a synthetic brain-tumour case with the default model",
+        description="Make a synthetic brain-tumour case on real anatomy (MNI152; needs the 'anatomy' extra) that "
+        "the model never saw, segment it and write inputs, segmentation, uncertainty, probabilities, a snapshot "
+        "and metrics.",
     )
     demo.add_argument("--out", type=Path, default=Path("cldl-demo"), help="output folder (default: ./cldl-demo)")
-    demo.add_argument("--model", default=None, help="model name or checkpoint (default: the bundled demo model)")
-    demo.add_argument("--seed", type=int, default=DEMO_SEED, help=f"phantom seed (default {DEMO_SEED})")
+    demo.add_argument("--model", default=None, help="model name or checkpoint (default: the default model)")
+    demo.add_argument("--seed", type=int, default=DEMO_SEED, help=f"seed of the synthetic case (default {DEMO_SEED})")
     demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     _add_progress(demo)
 
@@ -85,6 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="normalised entropy (default) or 1 - max probability",
     )
     seg.add_argument("--probabilities", type=Path, metavar="FILE", help="also write per-class probabilities (4D)")
+    seg.add_argument(
+        "--ldl-maps",
+        type=Path,
+        metavar="DIR",
+        help="also write the network's own label distributions into DIR: per LDL stage (8, 4, 2 voxel regions) the "
+        "region ambiguity (normalised entropy) and each class's fraction, e.g. region_ambiguity_2mm.nii.gz, "
+        "ET_proportion_4mm.nii.gz (0..1)",
+    )
+    seg.add_argument(
+        "--ldl-interpolation",
+        choices=("nearest", "linear"),
+        default="nearest",
+        help="how the region maps reach the input grid: nearest (default; each region one block) or linear",
+    )
     seg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     seg.add_argument("--tta", action="store_true", help="average over the 8 mirror flips (8x slower)")
     seg.add_argument(
@@ -111,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progress(seg)
 
     tr = commands.add_parser("train", help="train a CLDL model", description="Train (or resume) a CLDL model.")
-    tr.add_argument("--config", type=Path, help="JSON or YAML config (see configs/); required unless --resume")
+    tr.add_argument(
+        "--config", help="JSON or YAML config file or a preset name (cldl/configs), required unless --resume"
+    )
     tr.add_argument("--data", help="dataset folder (overrides the config's 'data')")
     tr.add_argument("--out", type=Path, required=True, help="run folder for checkpoints and logs")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
@@ -157,6 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="brain mask for calibration and QU-BraTS (file, folder, or the dataset folder: its first modality's "
         "non-zero voxels); default: every voxel",
     )
+    ev.add_argument(
+        "--empty",
+        choices=("brats", "authors"),
+        default="brats",
+        help="a region empty in both prediction and reference: Dice 1, HD95 0 (brats, default) or Dice 0 (authors)",
+    )
+    ev.add_argument(
+        "--et-min-voxels",
+        type=int,
+        default=0,
+        metavar="N",
+        help="BraTS post-processing: predicted enhancing tumour below N voxels becomes necrosis (default 0: off)",
+    )
     ev.add_argument("--overwrite", action="store_true", help="replace existing report files in --out")
     _add_progress(ev)
 
@@ -179,6 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="bar (default on a terminal), jsonl (report lines as log events, then a result event) or none",
     )
+
+    split = datasets_commands.add_parser(
+        "split",
+        help="show the training / validation split `cldl train` uses",
+        description="Print the training and validation case ids that `cldl train` would use for a dataset folder "
+        "(the config's val_fraction and split_seed; default 0.2 and 3). In the BraTS {HGG,LGG} layout the cases "
+        "are ordered as the authors' sorted paths (HGG/<case> before LGG/<case>), so BraTS 2018 gives their 228 / "
+        "57 split; elsewhere they are ordered by case id. Then Python's random.Random(seed) shuffles them.",
+    )
+    split.add_argument("dir", type=Path, metavar="DIR", help="dataset folder")
+    split.add_argument("--config", help="training config file or preset (for task, val_fraction, split_seed)")
+    split.add_argument("--json", action="store_true", help="print {rule, train, validation} as JSON")
 
     synth = commands.add_parser(
         "synth",
@@ -309,8 +350,10 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl segment``."""
     from .atomic import atomic_outputs
     from .checkpoint import check_task
+    from .confidence import confidence_lines, segment_confidence
     from .infer import Predictor
     from .io import write_labels, write_unit_interval
+    from .stage_maps import stage_map_files, write_stage_maps
     from .tasks import get_task
     from .zoo import DEFAULT_MODEL, resolve_model
 
@@ -328,38 +371,47 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
     )
     if args.task:
         check_task(predictor.checkpoint, get_task(args.task))
+    if args.ldl_maps is not None and predictor.checkpoint.model_config.ldl_stages == 0:
+        raise ValueError("--ldl-maps: this model has no LDL stages (a plain U-Net), so it has no region maps")
     prediction, geometry = predictor.predict_files(
         args.images,
         keep_probabilities=args.probabilities is not None,
         uncertainty=args.uncertainty_map,
         progress=lambda done, total: reporter.progress("inference", done, total),
+        stage_maps=args.ldl_interpolation if args.ldl_maps is not None else None,
     )
+    if args.ldl_maps is not None:
+        names = [f.name for stage in stage_map_files(prediction.stage_maps, predictor.task) for f in stage]
+        _check_outputs(outputs + [args.ldl_maps / n for n in names], list(args.images), args.overwrite)
+    ldl_maps: list[dict] = []
     with atomic_outputs() as staged:  # all outputs or none; existing files stay untouched on failure
         write_labels(prediction.labels, geometry, staged.path(args.output), predictor.task)
         if args.uncertainty:
             write_unit_interval(prediction.uncertainty, geometry, staged.path(args.uncertainty))
         if args.probabilities:
             write_unit_interval(prediction.probabilities, geometry, staged.path(args.probabilities))
-    volumes = {
-        name: int(np.count_nonzero(prediction.classes == index)) * float(np.prod(geometry.spacing)) / 1000.0
-        for index, name in enumerate(predictor.task.abbreviations or predictor.task.class_names)
-        if index
-    }
+        if args.ldl_maps is not None:
+            ldl_maps = write_stage_maps(prediction.stage_maps, predictor.task, geometry, args.ldl_maps, staged)
+    confidence = segment_confidence(prediction, predictor.task, geometry)
     result = {
         "labelmap": str(args.output),
         "uncertainty": str(args.uncertainty) if args.uncertainty else None,
         "probabilities": str(args.probabilities) if args.probabilities else None,
+        "ldl_maps": ldl_maps,
+        "ldl_interpolation": args.ldl_interpolation if ldl_maps else None,
         "task": predictor.task.name,
         "device": str(predictor.device),
         "seconds": round(time.perf_counter() - started, 2),
-        "volumes_ml": volumes,
+        "volumes_ml": {row["name"]: row["volume_ml"] for row in confidence["segments"]},
+        "confidence": confidence,
     }
     reporter.emit("result", **result)
     if reporter.mode != "jsonl":
-        print(
-            f"wrote {args.output} in {result['seconds']} s on {result['device']}; volumes (ml): "
-            + ", ".join(f"{k} {v:.1f}" for k, v in volumes.items())
-        )
+        print(f"wrote {args.output} in {result['seconds']} s on {result['device']}")
+        for line in confidence_lines(confidence):
+            print(f"  {line}")
+        if ldl_maps:
+            print(f"  {len(ldl_maps)} region maps in {args.ldl_maps}")
     return 0
 
 
@@ -393,8 +445,6 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
     elif args.config is None:
         raise ValueError("--config is required (or --resume with an existing run folder)")
     else:
-        if not args.config.is_file():
-            raise FileNotFoundError(f"{args.config}: no such config file")
         if "data" in overrides:
             overrides["phantoms"] = None
         config = TrainConfig.from_file(args.config, **overrides)
@@ -415,7 +465,8 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
 def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl evaluate``."""
     from .atomic import atomic_outputs
-    from .metrics import evaluate_folders_or_files, markdown_table, summarize, write_csv
+    from .evaluation import conventions, evaluate_folders_or_files, markdown_table, write_csv
+    from .metrics import summarize
     from .tasks import get_task
 
     task = get_task(args.task)
@@ -434,6 +485,8 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
         uncertainty=uncertainty,
         mask=args.mask,
         progress=lambda done, total: reporter.progress("evaluate", done, total),
+        empty=args.empty,
+        et_min_voxels=args.et_min_voxels,
     )
     failed = [r for r in results if "error" in r]
     results = [r for r in results if "error" not in r]
@@ -442,7 +495,9 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     for failure in failed:  # each on its own line; the other cases are evaluated and reported
         _error_line(reporter, f"case {failure['case']}: {failure['error']}")
     summary = summarize(results)
+    rules = conventions(args.empty, args.et_min_voxels)
     table = markdown_table(summary, len(results), task.name)
+    table += "\n" + "; ".join(v for k, v in rules.items() if k != "empty_regions") + "\n"
     if failed:
         table += f"\nnot evaluated ({len(failed)}): " + ", ".join(f["case"] for f in failed) + "\n"
     if reports:
@@ -455,7 +510,7 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
             "per_case": results,
             "errors": failed,
             "conventions": {
-                "empty": "both empty: Dice 1, HD95/ASSD 0; one empty: Dice 0, HD95/ASSD = image diagonal (mm)",
+                **rules,
                 "ece_bins": 15,
                 "qu_brats_thresholds": 41,
             },
@@ -468,7 +523,7 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
         if not failed:
             reporter.emit("result", **{k.replace(".", "_"): str(v) for k, v in reports.items()}, cases=len(results))
     if args.json:
-        document = {"task": task.name, "cases": results, "summary": summary, "errors": failed}
+        document = {"task": task.name, "cases": results, "summary": summary, "errors": failed, "conventions": rules}
         print(json.dumps(document, indent=2, default=_json_float))
     elif reporter.mode != "jsonl":
         print(table, end="")
@@ -505,10 +560,13 @@ def _clean_json(value: object) -> object:
 
 
 def cmd_datasets(args: argparse.Namespace, reporter: Reporter) -> int:
-    """``cldl datasets check``: layout, cases, modalities, label values and every problem of a dataset."""
+    """``cldl datasets check``: layout, cases, modalities, label values and every problem of a dataset;
+    ``cldl datasets split``: the training / validation case ids of ``cldl train``."""
     from .data.datasets import check_dataset, detect_dataset
     from .tasks import get_task
 
+    if args.datasets_command == "split":
+        return _datasets_split(args)
     mode = args.progress or ("bar" if sys.stderr.isatty() else "none")
     reporter = Reporter(mode)
     dataset = detect_dataset(args.dir, get_task(args.task) if args.task else None)
@@ -523,6 +581,35 @@ def cmd_datasets(args: argparse.Namespace, reporter: Reporter) -> int:
     else:
         print("\n".join(report.lines()))
     return 0 if report.ok else 1
+
+
+def _datasets_split(args: argparse.Namespace) -> int:
+    """``cldl datasets split``."""
+    from .data.datasets import discover_cases, split_cases, split_rule
+    from .tasks import get_task
+    from .train import TrainConfig, load_config
+
+    settings = load_config(args.config) if args.config else {}
+    defaults_ = TrainConfig.__dataclass_fields__
+    task = get_task(settings.get("task", defaults_["task"].default))
+    fraction = float(settings.get("val_fraction", defaults_["val_fraction"].default))
+    seed = int(settings.get("split_seed", defaults_["split_seed"].default))
+    cases = [c for c in discover_cases(args.dir, task) if c.label is not None]
+    train, validation = split_cases(cases, fraction, seed)
+    document = {
+        "rule": split_rule(cases),
+        "val_fraction": fraction,
+        "split_seed": seed,
+        "train": [c.case_id for c in train],
+        "validation": [c.case_id for c in validation],
+    }
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(f"{len(train)} training / {len(validation)} validation cases (rule {document['rule']}, seed {seed})")
+        print("validation: " + " ".join(document["validation"]))
+        print("training: " + " ".join(document["train"]))
+    return 0
 
 
 def _json_float(value: object) -> object:
@@ -641,7 +728,7 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> int:
-    """``cldl demo``: phantom -> segmentation, uncertainty, probabilities, snapshot, metrics."""
+    """``cldl demo``: anatomy-based case -> segmentation, uncertainty, probabilities, snapshot, metrics."""
     from .demo import run_demo
 
     summary = run_demo(args.out, model=args.model, seed=args.seed, device=args.device, reporter=reporter)
@@ -651,7 +738,7 @@ def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> int:
     for region, values in summary["metrics"].items():
         print(f"  {region}: Dice {values['dice']:.3f}  HD95 {values['hd95']:.2f} mm")
     print(f"outputs in {args.out}/ (open snapshot.png, or load the .nii.gz files in 3D Slicer)")
-    print("synthetic data and a demo model: not for clinical use")
+    print("a synthetic tumour on real anatomy and a model trained on synthetic data: not for clinical use")
     return 0
 
 
