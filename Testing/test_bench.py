@@ -93,3 +93,11 @@ def test_cpu_precision_benchmark_quick(tmp_path: Path) -> None:
     figures = json.loads(json_path.read_text())
     assert set(figures["best"]) == {"fp32", "bf16"}
     assert figures["agreement"][0]["label_agreement"] > 0.99
+
+
+def test_folder_segmentation_benchmark_quick(tmp_path: Path) -> None:
+    json_path = tmp_path / "f.json"
+    out = _run([sys.executable, str(BENCH / "folder_segmentation.py"), "--quick", "--json", str(json_path)])
+    assert "speed-up folder / one by one" in out
+    figures = json.loads(json_path.read_text())
+    assert figures["folder"] > 0 and figures["one_by_one"] > 0

@@ -56,10 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = commands.add_parser(
         "segment",
-        help="segment one case",
-        description="Segment one case given one image per modality, in the model's order.",
+        help="segment one case, or every case of a dataset folder",
+        description="Segment one case given one image per modality, in the model's order; or, given one dataset "
+        "folder (any layout `cldl datasets check` recognises), every case into an output folder "
+        "(OUTPUT/<case>.nii.gz; --uncertainty/--probabilities then name folders too). Folder runs load the model "
+        "once, read the next case while one runs, skip cases already done (unless --overwrite), and report a "
+        "case that fails without stopping the others (exit status 1).",
     )
-    seg.add_argument("--model", default=None, help="registry name or checkpoint path (default: the demo model)")
+    seg.add_argument("--model", default=None, help="registry name or checkpoint path (default: the default model)")
     seg.add_argument(
         "-i",
         "--images",
@@ -67,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         type=Path,
         metavar="IMAGE",
-        help="input images, one per modality in the model's order (see `cldl models list`)",
+        help="input images, one per modality in the model's order (see `cldl models list`), or one dataset folder",
     )
     seg.add_argument(
         "-o",
@@ -75,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         type=Path,
         metavar="LABELMAP",
-        help="label map to write (.nii.gz, .nii, .nrrd, .mha, or .seg.nrrd with segment names and colours)",
+        help="label map to write (.nii.gz, .nii, .nrrd, .mha, or .seg.nrrd with segment names and colours); "
+        "with a dataset folder as input, the output folder",
     )
     seg.add_argument("--uncertainty", type=Path, metavar="FILE", help="also write the uncertainty map (0..1)")
     seg.add_argument(
@@ -357,8 +362,12 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
     from .tasks import get_task
     from .zoo import DEFAULT_MODEL, resolve_model
 
+    folder_mode = len(args.images) == 1 and _is_dataset_folder(args.images[0])
     outputs = [p for p in (args.output, args.uncertainty, args.probabilities) if p is not None]
-    _check_outputs(outputs, list(args.images), args.overwrite)
+    if folder_mode and args.ldl_maps is not None:
+        raise ValueError("--ldl-maps is written per case: segment the cases one at a time for region maps")
+    if not folder_mode:
+        _check_outputs(outputs, list(args.images), args.overwrite)
     started = time.perf_counter()
     predictor = Predictor(
         resolve_model(args.model or DEFAULT_MODEL),
@@ -371,6 +380,8 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
     )
     if args.task:
         check_task(predictor.checkpoint, get_task(args.task))
+    if folder_mode:
+        return _segment_folder(args, predictor, reporter, started)
     if args.ldl_maps is not None and predictor.checkpoint.model_config.ldl_stages == 0:
         raise ValueError("--ldl-maps: this model has no LDL stages (a plain U-Net), so it has no region maps")
     prediction, geometry = predictor.predict_files(
@@ -413,6 +424,36 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
         if ldl_maps:
             print(f"  {len(ldl_maps)} region maps in {args.ldl_maps}")
     return 0
+
+
+DATASET_FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".json", ".csv")
+
+
+def _is_dataset_folder(path: Path) -> bool:
+    """A folder holding NIfTI/NRRD/MetaImage files or a case list (a DICOM series folder holds none of these)."""
+    if not path.is_dir():
+        return False
+    return any(f.name.lower().endswith(DATASET_FILE_SUFFIXES) for f in path.rglob("*") if f.is_file())
+
+
+def _segment_folder(args: argparse.Namespace, predictor: object, reporter: Reporter, started: float) -> int:
+    """``cldl segment -i DATASET_DIR -o OUTPUT_DIR``: every case, resumable; exit 1 if a case failed."""
+    from .batch import FolderOutputs, segment_folder
+
+    outputs = FolderOutputs(args.output, args.uncertainty, args.probabilities)
+    summary = segment_folder(
+        predictor, args.images[0], outputs, reporter, uncertainty=args.uncertainty_map, overwrite=args.overwrite
+    )
+    summary["seconds_total"] = round(time.perf_counter() - started, 2)
+    reporter.emit("result", out=str(args.output), **summary)
+    if reporter.mode != "jsonl":
+        print(
+            f"segmented {len(summary['segmented'])} of {summary['cases']} case(s) into {args.output} "
+            f"({summary['skipped']} already done) in {summary['seconds_total']} s"
+        )
+    for error in summary["errors"]:
+        print(f"cldl: error: {error['message']}", file=sys.stderr)
+    return 1 if summary["errors"] else 0
 
 
 def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
