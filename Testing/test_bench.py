@@ -101,3 +101,12 @@ def test_folder_segmentation_benchmark_quick(tmp_path: Path) -> None:
     assert "speed-up folder / one by one" in out
     figures = json.loads(json_path.read_text())
     assert figures["folder"] > 0 and figures["one_by_one"] > 0
+
+
+def test_real_anatomy_benchmark_quick(tmp_path: Path) -> None:
+    out = _run([sys.executable, str(BENCH / "real_anatomy_accuracy.py"), "--quick", "--out", str(tmp_path)])
+    assert "generator: 1 cases" in out and "error rate per uncertainty bin" in out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) == {"generator"}
+    assert len(results["generator"]["error_rate_by_uncertainty"]["error_rate"]) == 10
+    assert (tmp_path / "uncertainty_vs_error.png").is_file()

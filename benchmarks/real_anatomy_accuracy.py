@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import command_line, machine_summary
 from scipy import ndimage
 
 from cldl.data.anatomy import AnatomyConfig, anatomy_case, load_t1_anatomy
@@ -116,13 +117,22 @@ def main() -> int:
     parser.add_argument("--colin-cases", type=int, default=10)
     parser.add_argument("--colin", type=Path, default=COLIN27, help="Colin27 ch2bet.nii.gz (apt install mricron-data)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/real_anatomy"))
+    parser.add_argument("--quick", action="store_true", help="one half-resolution generator case, no Colin27 (CI)")
     args = parser.parse_args()
+    print(f"command: {command_line()}")
+    print(f"machine: {machine_summary()}")
+    generator_config = AnatomyConfig(shape=(78, 120, 120), spacing=2.0) if args.quick else AnatomyConfig()
+    if args.quick:
+        args.generator_cases, args.colin_cases = 1, 0
+    if args.colin_cases and not args.colin.is_file():
+        parser.error(f"{args.colin} not found: install Debian's mricron-data, give --colin PATH, or --colin-cases 0")
     started = time.perf_counter()
     predictor = Predictor(resolve_model(args.model), device="cpu")
     results = {}
     if args.generator_cases:
         seeds = range(50_000, 50_000 + args.generator_cases)
-        results["generator"] = evaluate(predictor, [lambda s=s: anatomy_case(s) for s in seeds], "generator")
+        cases = [lambda s=s: anatomy_case(s, generator_config) for s in seeds]
+        results["generator"] = evaluate(predictor, cases, "generator")
     if args.colin_cases:
         colin = load_t1_anatomy(args.colin, "colin27")
 
@@ -133,7 +143,6 @@ def main() -> int:
 
         seeds = range(900_000, 900_000 + args.colin_cases)
         results["colin27"] = evaluate(predictor, [lambda s=s: colin_case(s) for s in seeds], "colin27")
-    print(f"command: {' '.join(sys.argv)}")
     print(f"model: {predictor.checkpoint.path}")
     for name, result in results.items():
         print(f"{name}: {len(result['cases'])} cases")
