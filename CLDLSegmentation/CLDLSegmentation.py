@@ -20,6 +20,7 @@ from CLDLSegmentationLib import (
     markUncertainRegion,
     registryModels,
 )
+from CLDLSegmentationLib.confidence import CONFIDENCE_COLUMNS, confidenceHeaderToolTips, confidenceRows, jumpToFocus
 from CLDLSegmentationLib.dependencies import (
     ensureDependencies,
     ensureSampleDependencies,
@@ -36,7 +37,7 @@ from CLDLSegmentationLib.models import (
     storedPaths,
 )
 from CLDLSegmentationLib.overlay import OVERLAY_ATTRIBUTE
-from CLDLSegmentationLib.panel import INPUT_ROLE, guessInput, updateOverlay
+from CLDLSegmentationLib.panel import INPUT_ROLE, describeMap, guessInput, markedRegionName, updateOverlay
 from CLDLSegmentationLib.sampledata import downloadSample, sampleSourceArguments
 from CLDLSegmentationLib.segmentations import segmentNames
 from CLDLSegmentationLib.terminology import loadTerminology
@@ -111,6 +112,7 @@ class CLDLSegmentationParameterNode:
     overlap: Annotated[float, WithinRange(0.0, 0.9)] = OVERLAP
     uncertaintyMap: UncertaintyMapChoice = UncertaintyMapChoice.ENTROPY
     keepProbabilities: bool = False
+    ldlMaps: bool = False
     overlayVolume: vtkMRMLScalarVolumeNode
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
     transparentBelow: Annotated[float, WithinRange(0.0, 0.95)] = 0.05
@@ -132,6 +134,7 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._inputSelectors = {}
         self._shownOverlay = None
         self._infoProcess = None
+        self._confidence = {}  # the last run's result event: the confidence table's rows
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -149,6 +152,8 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.markUncertainButton.connect("clicked(bool)", self.onMarkUncertain)
         self.ui.upgradeTorchButton.connect("clicked(bool)", self.onUpgradeTorch)
+        self.ui.confidenceTable.connect("cellClicked(int,int)", self.onConfidenceCellClicked)
+        self._fillConfidenceTable({})
 
         self.initializeParameterNode()
         self._fillModels()
@@ -319,6 +324,7 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             self.logic.overlaySettings = OverlaySettings(p.overlayOpacity, p.transparentBelow, p.showLegend)
             self.ui.logTextEdit.clear()
+            self._fillConfidenceTable({})
             self._job = self.logic.segment(
                 {m: s.currentNode() for m, s in self._inputSelectors.items()},
                 model=self._currentModel(),
@@ -327,6 +333,7 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 overlap=p.overlap,
                 uncertaintyMap=p.uncertaintyMap.value,
                 keepProbabilities=p.keepProbabilities,
+                ldlMaps=p.ldlMaps,
                 outputSegmentation=p.outputSegmentation,
                 onProgress=self._onProgress,
                 onLog=self._log,
@@ -348,6 +355,7 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             parameters.outputSegmentation = job.result.segmentationNode
             self.ui.show3DButton.setSegmentationNode(job.result.segmentationNode)
             parameters.overlayVolume = job.result.uncertaintyNode
+            self._fillConfidenceTable(job.result.summary)
         elif job.status == "failed":
             self.ui.logCollapsibleButton.collapsed = False
             slicer.util.errorDisplay(
@@ -361,11 +369,36 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p is not None:
             settings = OverlaySettings(p.overlayOpacity, p.transparentBelow, p.showLegend)
             self._shownOverlay = updateOverlay(self._shownOverlay, p.overlayVolume, settings, slicer.mrmlScene)
+            self.ui.mapDescriptionLabel.text = describeMap(p.overlayVolume)
 
     def onMarkUncertain(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Cannot mark the uncertain region."), waitCursor=True):
-            markUncertainRegion(p.outputSegmentation, p.overlayVolume, p.uncertainThreshold)
+            name = markedRegionName(p.overlayVolume, p.uncertainThreshold)
+            markUncertainRegion(p.outputSegmentation, p.overlayVolume, p.uncertainThreshold, name)
+
+    # -- confidence table ------------------------------------------------------------------------------------------
+
+    def _fillConfidenceTable(self, summary: dict) -> None:
+        """One row per segment of the result event's ``confidence`` (empty before a run)."""
+        self._confidence = summary
+        table = self.ui.confidenceTable
+        tips = confidenceHeaderToolTips(summary)
+        table.setColumnCount(len(CONFIDENCE_COLUMNS))
+        for column, title in enumerate(CONFIDENCE_COLUMNS):
+            header = qt.QTableWidgetItem(title)
+            header.setToolTip(tips.get(title, ""))
+            table.setHorizontalHeaderItem(column, header)
+        rows = confidenceRows(summary)
+        table.setRowCount(len(rows))
+        for row, texts in enumerate(rows):
+            for column, text in enumerate(texts):
+                table.setItem(row, column, qt.QTableWidgetItem(text))
+
+    def onConfidenceCellClicked(self, row: int, column: int) -> None:
+        """Centre the slice views on the clicked segment's most uncertain region."""
+        if jumpToFocus(self._confidence, row, slicer.mrmlScene) is None:
+            self.ui.statusLabel.text = _("This segment is empty: nothing to show.")
 
 
 class CLDLSegmentationLogic(ScriptedLoadableModuleLogic, SegmentationLogic):

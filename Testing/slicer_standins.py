@@ -105,7 +105,55 @@ class FakePathLineEdit(FakeWidget):
         self.props["currentPath"] = ""
 
 
-CLASSES = {"QComboBox": FakeComboBox, "qMRMLNodeComboBox": FakeNodeComboBox, "ctkPathLineEdit": FakePathLineEdit}
+class FakeTableItem:
+    """A QTableWidgetItem: text and tool tip."""
+
+    def __init__(self, text: str = "") -> None:
+        self.text, self.toolTip = text, ""
+
+    def setToolTip(self, toolTip: str) -> None:
+        self.toolTip = toolTip
+
+
+class FakeTableWidget(FakeWidget):
+    """A QTableWidget: header items and a grid of items (only the members PythonQt wraps at every checked tag)."""
+
+    def __init__(self, name: str = "", cls: str = "QTableWidget") -> None:
+        super().__init__(name, cls)
+        self.__dict__.update(headers={}, cells={}, rowCount=0, columnCount=0)
+
+    def setColumnCount(self, columns: int) -> None:
+        self.__dict__["columnCount"] = columns
+
+    def setRowCount(self, rows: int) -> None:
+        self.__dict__["rowCount"] = rows
+        self.__dict__["cells"] = {k: v for k, v in self.cells.items() if k[0] < rows}
+
+    def setHorizontalHeaderItem(self, column: int, item: FakeTableItem) -> None:
+        assert 0 <= column < self.columnCount and isinstance(item, FakeTableItem)
+        self.headers[column] = item
+
+    def setItem(self, row: int, column: int, item: FakeTableItem) -> None:
+        assert 0 <= row < self.rowCount and 0 <= column < self.columnCount and isinstance(item, FakeTableItem)
+        self.cells[(row, column)] = item
+
+    def texts(self) -> list[tuple[str, ...]]:
+        """The rows' texts."""
+        return [tuple(self.cells[(r, c)].text for c in range(self.columnCount)) for r in range(self.rowCount)]
+
+    def click(self, row: int, column: int = 0) -> None:
+        """Emit ``cellClicked(int,int)``."""
+        for signal, slot in self.connections:
+            if signal == "cellClicked(int,int)":
+                slot(row, column)
+
+
+CLASSES = {
+    "QComboBox": FakeComboBox,
+    "qMRMLNodeComboBox": FakeNodeComboBox,
+    "ctkPathLineEdit": FakePathLineEdit,
+    "QTableWidget": FakeTableWidget,
+}
 
 
 def widgetsOf(uiFile: str | Path) -> types.SimpleNamespace:
@@ -128,7 +176,7 @@ class Timers:
 
 
 def fakeQt(settings: dict[str, Any]) -> types.ModuleType:
-    """A ``qt`` module: QTimer, QSettings (over ``settings``), QWidget."""
+    """A ``qt`` module: QTimer, QSettings (over ``settings``), QWidget, QTableWidgetItem."""
 
     class QSettings:
         def contains(self, key: str) -> bool:
@@ -144,6 +192,7 @@ def fakeQt(settings: dict[str, Any]) -> types.ModuleType:
     qt.QTimer = types.SimpleNamespace(singleShot=Timers.singleShot)
     qt.QSettings = QSettings
     qt.QWidget = FakeWidget
+    qt.QTableWidgetItem = FakeTableItem
     return qt
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,86 @@ def test_segmentation_setup_fills_models_and_inputs(slicerApp, monkeypatch, tmp_
     assert signals["modelComboBox"] == ["currentIndexChanged(int)"] and signals["applyButton"] == ["clicked(bool)"]
     for _, selector in rows:
         assert [s for s, _ in selector.connections] == ["currentNodeChanged(vtkMRMLNode*)"]
+    assert signals["confidenceTable"] == ["cellClicked(int,int)"]
+    table = widget.ui.confidenceTable
+    assert [table.headers[c].text for c in range(table.columnCount)] == list(module.CONFIDENCE_COLUMNS)
+    assert table.rowCount == 0 and widget._parameterNode.ldlMaps is False
+    widget.cleanup()
+
+
+SUMMARY = {
+    "confidence": {
+        "uncertain_threshold": 0.5,
+        "near_tie_margin": 0.2,
+        "segments": [
+            {"name": "NCR", "label": 1, "volume_ml": 0.0, "mean_uncertainty": None, "uncertain_ml": 0.0,
+             "near_tie_ml": 0.0, "focus_lps": None},
+            {"name": "ET", "label": 4, "volume_ml": 5.94, "mean_uncertainty": 0.213, "uncertain_ml": 1.2,
+             "near_tie_ml": 0.41, "focus_lps": [10.0, -20.0, 30.0]},
+        ],
+    }
+}  # fmt: skip
+
+
+def _regionMap(scene):
+    """A segmentation and a 2 mm region-ambiguity map as the Lib imports them (high in the top slices)."""
+    values = slicer_testing.np.zeros((6, 7, 8), "float32")
+    values[:2] = 0.9
+    mapNode = add_volume(scene, values, "flair CLDL Region ambiguity (mixed tissue), 2 mm regions")
+    for key, value in {"CLDL.Map": "ldl", "CLDL.Kind": "ambiguity", "CLDL.Overlay": "1"}.items():
+        mapNode.SetAttribute(key, value)
+    mapNode.SetAttribute("CLDL.Title", "Region ambiguity (mixed tissue), 2 mm regions")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    return mapNode, segmentation
+
+
+def test_segmentation_run_fills_the_confidence_table_and_a_row_click_jumps(slicerApp, monkeypatch) -> None:
+    """Apply passes Region maps and empties the table; the finished run fills it; a click centres the views."""
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", standins.noErrorDisplay)
+    module, widget = _segmentationWidget(monkeypatch, [])
+    monkeypatch.setattr(module, "ensureDependencies", lambda requester: None)
+    table, scene = widget.ui.confidenceTable, slicer.mrmlScene
+    mapNode, segmentation = _regionMap(scene)
+    job = types.SimpleNamespace(status="completed", result=types.SimpleNamespace(
+        segmentationNode=segmentation, uncertaintyNode=mapNode, summary=SUMMARY))  # fmt: skip
+    widget._onFinished(job)
+    assert table.texts() == [("NCR", "0.0", "-", "0.0", "0.0"), ("ET", "5.9", "0.21", "1.2", "0.4")]
+    assert "within 0.2" in table.headers[module.CONFIDENCE_COLUMNS.index("Could flip (ml)")].toolTip
+
+    sliceNodes = [scene.AddNewNodeByClass("vtkMRMLSliceNode") for _ in range(2)]
+    table.click(1, 3)
+    for node in sliceNodes:
+        centre = [node.GetSliceToRAS().GetElement(r, 3) for r in range(3)]
+        assert centre == pytest.approx([-10.0, 20.0, 30.0])  # the ET focus, LPS -> RAS
+    table.click(0)
+    assert "empty" in widget.ui.statusLabel.text
+
+    captured: dict = {}
+    widget._parameterNode.ldlMaps = True
+    widget.logic.segment = lambda inputs, **options: (
+        captured.update(options) or types.SimpleNamespace(status="running", cancel=lambda: None)
+    )
+    widget.onApplyButton()
+    assert captured["ldlMaps"] is True and table.rowCount == 0
+    widget.cleanup()
+
+
+def test_segmentation_map_choice_describes_and_marks_any_map(slicerApp, monkeypatch) -> None:
+    """A region map chosen as Map: the line under it says what it shows; marking names the segment after it."""
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", standins.noErrorDisplay)
+    _, widget = _segmentationWidget(monkeypatch, [])
+    mapNode, segmentation = _regionMap(slicer.mrmlScene)
+    p = widget._parameterNode
+    p.overlayVolume, p.outputSegmentation = mapNode, segmentation
+    widget._onParameterNodeModified()
+    assert widget.ui.mapDescriptionLabel.text.startswith("Region ambiguity (mixed tissue), 2 mm regions: how mixed")
+    assert widget.ui.markUncertainButton.enabled is True
+    widget.onMarkUncertain()
+    names = [segmentation.GetSegmentation().GetNthSegment(n).GetName() for n in range(1)]
+    assert names == ["Region ambiguity (mixed tissue), 2 mm regions > 0.50"]
+    p.overlayVolume = None
+    widget._onParameterNodeModified()
+    assert widget.ui.mapDescriptionLabel.text == "" and widget.ui.markUncertainButton.enabled is False
     widget.cleanup()
 
 

@@ -7,6 +7,9 @@ Slicer's own slice pipeline (``vtkMRMLSliceLogic`` layers) and displayable manag
 colour legend) in an offscreen VTK window.
 
     .venv/bin/python scripts/render_slicer_view.py [--model NAME_OR_CHECKPOINT] [--out docs/slicer_view.png]
+
+``--region-map ambiguity`` shows an LDL stage's region map instead (``cldl segment --ldl-maps``; the first map
+whose title contains the text, e.g. ``"ambiguity (mixed tissue), 2 mm"``), as the module's Map choice does.
 """
 
 from __future__ import annotations
@@ -117,10 +120,11 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="brats-phantom-demo", help="registry name or checkpoint")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "slicer_view.png")
     parser.add_argument("--size", type=int, nargs=2, default=(900, 760), metavar=("W", "H"))
+    parser.add_argument("--region-map", default=None, help="show the region map whose title contains this text")
     parser.add_argument("--zoom", type=float, default=1.5, help="magnification over fitting the whole slice")
     args = parser.parse_args(argv)
 
-    from CLDLSegmentationLib import OverlaySettings, SegmentationLogic
+    from CLDLSegmentationLib import OverlaySettings, SegmentationLogic, showMap
     from CLDLSegmentationLib.volumes import ijkToRas
 
     from cldl.data.phantoms import brats_phantom
@@ -145,8 +149,17 @@ def main(argv=None) -> int:
 
     logic = SegmentationLogic(scene, tempRoot=tempfile.gettempdir())
     logic.overlaySettings = OverlaySettings(opacity=0.6, transparentBelow=0.05, showLegend=True)
-    result = logic.segment(volumes, model=args.model, device="cpu", wait=True)
-    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(result.uncertaintyNode)
+    result = logic.segment(volumes, model=args.model, device="cpu", ldlMaps=bool(args.region_map), wait=True)
+    shown = result.uncertaintyNode
+    if args.region_map:
+        titles = [node.GetAttribute("CLDL.Title") for node in result.ldlMapNodes]
+        matches = [n for n, t in zip(result.ldlMapNodes, titles) if args.region_map.lower() in t.lower()]
+        if not matches:
+            parser.error(f"no region map title contains {args.region_map!r}: {titles}")
+        shown = matches[0]
+        showMap(shown, flair, logic.overlaySettings, title=shown.GetAttribute("CLDL.Title"))
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(shown)
+    legend.SetTitleText(legend.GetTitleText().replace(", ", ",\n"))  # long region-map titles: two lines
     legend.SetSize(0.12, 0.6)
     legend.SetPosition(0.97, 0.5)
 
@@ -157,7 +170,9 @@ def main(argv=None) -> int:
     view.show((ijkToRas(flair) @ ijk)[:3], zoom=args.zoom)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     view.save(args.out)
-    print(f"wrote {args.out}: slice {z} of {case.case_id}, segments {sorted(result.segmentIds)}")
+    print(
+        f"wrote {args.out}: slice {z} of {case.case_id}, segments {sorted(result.segmentIds)}, map {shown.GetName()!r}"
+    )
     return 0
 
 

@@ -66,3 +66,32 @@ def updateOverlay(previous: OverlayState | None, volume, settings: OverlaySettin
 def isMapVolume(node) -> bool:
     """Whether a volume is an uncertainty or probability map made by the module."""
     return bool(node is not None and node.GetAttribute(MAP_ATTRIBUTE))
+
+
+#: What each kind of map shows, for the line under the Map choice (``CLDL.Map``, or ``CLDL.Kind`` of region maps).
+MAP_EXPLANATIONS = {
+    "uncertainty": "how unsure the model is about each voxel's label (0 sure, 1 as unsure as can be)",
+    "probability": "the model's probability that each voxel belongs to this class (0..1)",
+    "ambiguity": "how mixed the tissue is in each region, from the network's own label distribution at this "
+    "region size (0 one tissue, 1 all classes equally mixed; high on boundaries)",
+    "proportion": "the fraction of each region that the network gives to this class (0..1)",
+}
+
+
+def describeMap(node) -> str:
+    """The line under the Map choice: the legend's title and what the values mean ("" for no map)."""
+    if not isMapVolume(node):
+        return ""
+    kind = node.GetAttribute(MAP_ATTRIBUTE)
+    if kind == "ldl":
+        kind = node.GetAttribute("CLDL.Kind") or ""
+    title = node.GetAttribute("CLDL.Title") or node.GetName()
+    explanation = MAP_EXPLANATIONS.get(kind)
+    return f"{title}: {explanation}" if explanation else title
+
+
+def markedRegionName(node, threshold: float) -> str | None:
+    """Name of the segment that "Mark uncertain region" makes from ``node`` (None: the uncertainty's default)."""
+    if not isMapVolume(node) or node.GetAttribute(MAP_ATTRIBUTE) == "uncertainty":
+        return None
+    return f"{node.GetAttribute('CLDL.Title') or node.GetName()} > {threshold:.2f}"
