@@ -191,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="BraTS post-processing: predicted enhancing tumour below N voxels becomes necrosis (default 0: off)",
     )
+    ev.add_argument(
+        "--lesion-wise",
+        action="store_true",
+        help="also lesion-wise Dice and HD95 per region, with lesion counts, as the official BraTS evaluation "
+        "(brats-evaluation, glioma config) scores them; see docs/reproduce.md",
+    )
     ev.add_argument("--overwrite", action="store_true", help="replace existing report files in --out")
     _add_progress(ev)
 
@@ -528,6 +534,7 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
         progress=lambda done, total: reporter.progress("evaluate", done, total),
         empty=args.empty,
         et_min_voxels=args.et_min_voxels,
+        lesion_wise=args.lesion_wise,
     )
     failed = [r for r in results if "error" in r]
     results = [r for r in results if "error" not in r]
@@ -536,7 +543,7 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     for failure in failed:  # each on its own line; the other cases are evaluated and reported
         _error_line(reporter, f"case {failure['case']}: {failure['error']}")
     summary = summarize(results)
-    rules = conventions(args.empty, args.et_min_voxels)
+    rules = conventions(args.empty, args.et_min_voxels, args.lesion_wise)
     table = markdown_table(summary, len(results), task.name)
     table += "\n" + "; ".join(v for k, v in rules.items() if k != "empty_regions") + "\n"
     if failed:

@@ -36,6 +36,7 @@ from cldl.metrics import (
     binary_calibration,
     binary_entropy_uncertainty,
     calibration,
+    lesion_wise_metrics,
     qu_brats_score,
     region_metrics,
     uncertainty_percent,
@@ -58,7 +59,18 @@ METRIC_LABELS = {
     "unc_auc_ftp": "AUC FTP",
     "unc_auc_ftn": "AUC FTN",
     "unc_score": "QU-BraTS score",
+    "lw_dice": "Lesion-wise Dice",
+    "lw_hd95": "Lesion-wise HD95 (mm)",
+    "lesions_tp": "Lesions TP",
+    "lesions_fp": "Lesions FP",
+    "lesions_fn": "Lesions FN",
+    "lesions_f1": "Lesion F1",
 }
+LESION_WISE_RULES = (
+    "lesion-wise (official brats-evaluation, config gli): fully connected components, one-to-one matching "
+    "maximising Dice (Dice >= 1e-6), lesion-wise Dice/HD95 = means over matched lesions, no match: Dice 0, "
+    "HD95 373; unmatched lesions in the lesion F1; both empty: not counted"
+)
 
 
 def case_id(path: str | Path) -> str:
@@ -131,7 +143,7 @@ def relabel_small_et(classes: np.ndarray, task: Task, min_voxels: int) -> np.nda
     return classes
 
 
-def conventions(empty: str = "brats", et_min_voxels: int = 0) -> dict[str, Any]:
+def conventions(empty: str = "brats", et_min_voxels: int = 0, lesion_wise: bool = False) -> dict[str, Any]:
     """The conventions of an evaluation, as every summary reports them."""
     both = "Dice 1, HD95/ASSD 0" if empty == "brats" else "Dice 0 (the authors' Dice), HD95/ASSD 0"
     out: dict[str, Any] = {
@@ -140,6 +152,8 @@ def conventions(empty: str = "brats", et_min_voxels: int = 0) -> dict[str, Any]:
     }
     if et_min_voxels > 0:
         out["et_postprocess"] = f"predicted ET below {et_min_voxels} voxels relabelled as necrosis"
+    if lesion_wise:
+        out["lesion_wise"] = LESION_WISE_RULES
     return out
 
 
@@ -150,12 +164,14 @@ def evaluate_case(
     num_points: int = QU_POINTS,
     empty: str = "brats",
     et_min_voxels: int = 0,
+    lesion_wise: bool = False,
 ) -> dict[str, Any]:
     """Metrics of one case: overlap and distances per region; with probabilities, calibration (per region and
     multi-class as region ``"all"``); with an uncertainty map or probabilities, the QU-BraTS score per region.
 
     ``empty``: the Dice of a region empty in both (:data:`cldl.metrics.EMPTY_RULES`); ``et_min_voxels`` > 0 applies
-    :func:`relabel_small_et` to the prediction first."""
+    :func:`relabel_small_et` to the prediction first; ``lesion_wise`` adds
+    :func:`cldl.metrics.lesion_wise_metrics` per region."""
     pred_classes, pred_geometry = _read_classes(item.pred, task)
     ref_classes, ref_geometry = _read_classes(item.ref, task, item.label_map, item.unknown_labels)
     if not pred_geometry.matches(ref_geometry):  # Slicer crops a .seg.nrrd to its segments' extent
@@ -168,6 +184,14 @@ def evaluate_case(
             _same_grid(item.pred, pred_geometry, item.ref, ref_geometry, "prediction")
     pred_classes = relabel_small_et(pred_classes, task, et_min_voxels)
     regions = region_metrics(pred_classes, ref_classes, task, ref_geometry.spacing_zyx, empty=empty)
+    if lesion_wise:
+        for region in task.regions:
+            classes = np.asarray(region.classes)
+            regions[region.name].update(
+                lesion_wise_metrics(
+                    np.isin(pred_classes, classes), np.isin(ref_classes, classes), ref_geometry.spacing_zyx
+                )
+            )
     result: dict[str, Any] = {"case": item.case, "regions": regions}
     if item.probabilities is None and item.uncertainty is None:
         return result
@@ -369,6 +393,7 @@ def evaluate_folders_or_files(
     progress: Callable[[int, int], None] | None = None,
     empty: str = "brats",
     et_min_voxels: int = 0,
+    lesion_wise: bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluate one prediction file against one reference file, or every reference of a folder (a folder of label
     files, or a dataset folder in any layout cldl reads) against the prediction with the same case id.
@@ -380,7 +405,7 @@ def evaluate_folders_or_files(
     results = []
     for index, item in enumerate(items):
         try:
-            results.append(evaluate_case(item, task, empty=empty, et_min_voxels=et_min_voxels))
+            results.append(evaluate_case(item, task, empty=empty, et_min_voxels=et_min_voxels, lesion_wise=lesion_wise))
         except ValueError as exc:
             if not Path(pred).is_dir():
                 raise
