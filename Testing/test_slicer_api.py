@@ -428,6 +428,52 @@ def test_pythonqt_members_used_are_wrapped_at_every_pinned_commit() -> None:
         assert pin["ctk_commit"] == MANIFEST["ctk_commits"][tag] and pin["read_from"]
 
 
+#: Qt widget classes of the .ui files whose members the module code calls (PythonQt's generated wrappers).
+WRAPPED_WIDGETS = {"QTableWidget"}
+
+
+def _wrappedCalls() -> set[str]:
+    """``Class.member`` of calls on those widgets (``self.ui.x`` or a name bound to it) and on table items."""
+    widgets = _ui_widgets()
+    used = set()
+    for _, tree in _trees():
+        bound = {}  # local name -> Qt class
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                value = node.value
+                chain = _chain(value.func) if isinstance(value, ast.Call) else _chain(value)
+                if chain == "qt.QTableWidgetItem":
+                    bound[node.targets[0].id] = "QTableWidgetItem"
+                elif chain and chain.startswith("self.ui.") and widgets.get(chain.split(".")[2]) in WRAPPED_WIDGETS:
+                    bound[node.targets[0].id] = widgets[chain.split(".")[2]]
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            if _chain(node.func) == "qt.QTableWidgetItem":
+                used.add("QTableWidgetItem.new_QTableWidgetItem")
+            if not isinstance(node.func, ast.Attribute) or node.func.attr == "connect":
+                continue
+            receiver = ast.unparse(node.func.value)
+            name = receiver.split(".")[2] if receiver.startswith("self.ui.") and receiver.count(".") == 2 else None
+            cls = bound.get(receiver) or (widgets.get(name) if name else None)
+            if cls in WRAPPED_WIDGETS | {"QTableWidgetItem"}:
+                used.add(f"{cls}.{node.func.attr}")
+    return used
+
+
+def test_table_widget_members_used_are_wrapped_at_every_pinned_commit() -> None:
+    """The confidence table: every QTableWidget / QTableWidgetItem member called is in PythonQt's wrappers."""
+    used = _wrappedCalls()
+    assert {"QTableWidget.setItem", "QTableWidget.setRowCount", "QTableWidgetItem.setToolTip"} <= used
+    for name in used:
+        for tag in TAGS:
+            assert _pythonQt(name).get(tag), f"{name} not wrapped by the PythonQt of {tag}"
+    for tag in TAGS:  # qt.QTableWidgetItem(text)
+        constructors = _pythonQt("QTableWidgetItem.new_QTableWidgetItem")[tag]
+        assert any(s.startswith("new_QTableWidgetItem(const QString& text") for s in constructors)
+    assert not _pythonQt("QTableWidget.setItemText"), "the check can fail"
+
+
 def test_string_signature_connect_calls_match_the_pythonqt_decorator() -> None:
     """Every ``x.connect(...)`` is ``connect("signal(args)", callable)``: PythonQt's (sender, signal, callable)."""
     calls = [

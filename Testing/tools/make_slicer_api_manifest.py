@@ -64,6 +64,8 @@ PYTHONQT_MEMBERS = {
     "QTimer": ("singleShot",),
     "QSettings": ("setValue", "value"),
     "QFileDialog": ("getOpenFileName",),
+    "QTableWidget": ("setColumnCount", "setRowCount", "setHorizontalHeaderItem", "setItem"),
+    "QTableWidgetItem": ("new_QTableWidgetItem", "setToolTip"),
 }
 PYTHONQT_DECORATORS = ("connect", "disconnect", "static_QTimer_singleShot")
 CONNECTORS = "Base/Python/slicer/parameterNodeWrapper/guiConnectors.py"
