@@ -108,3 +108,28 @@ def test_region_maps_are_imported_named_selectable_and_usable_for_marking(scene,
     segmentId = markUncertainRegion(result.segmentationNode, mapNode, 0.5)
     segment = result.segmentationNode.GetSegmentation().GetSegment(segmentId)
     assert segment is not None
+
+
+def test_map_descriptions_and_marked_region_names(scene) -> None:
+    """The line under the Map choice and the marked segment's name, per kind of map."""
+    from CLDLSegmentationLib.panel import describeMap, markedRegionName
+
+    kinds = {
+        "u": {MAP_ATTRIBUTE: "uncertainty", "CLDL.Title": "Uncertainty (entropy)"},
+        "p": {MAP_ATTRIBUTE: "probability", "CLDL.Title": "P(ET)"},
+        "f": {MAP_ATTRIBUTE: "ldl", "CLDL.Kind": "proportion", "CLDL.Title": "ET fraction, 4 mm regions"},
+        "plain": {},
+    }
+    nodes = {}
+    for name, attributes in kinds.items():
+        nodes[name] = add_volume(scene, np.zeros((2, 2, 2), np.float32), name)
+        for key, value in attributes.items():
+            nodes[name].SetAttribute(key, value)
+    assert describeMap(nodes["u"]).startswith("Uncertainty (entropy): how unsure")
+    assert describeMap(nodes["p"]).startswith("P(ET): the model's probability")
+    fraction = "ET fraction, 4 mm regions: the fraction of each region that the network gives to this class (0..1)"
+    assert describeMap(nodes["f"]) == fraction
+    assert describeMap(nodes["plain"]) == describeMap(None) == ""
+    assert markedRegionName(nodes["u"], 0.5) is None  # the uncertainty keeps "Uncertain region (> 0.50)"
+    assert markedRegionName(nodes["p"], 0.25) == "P(ET) > 0.25"
+    assert markedRegionName(nodes["f"], 0.5) == "ET fraction, 4 mm regions > 0.50"
