@@ -414,6 +414,30 @@ def validate(
     return result
 
 
+@dataclass
+class RunState:
+    """The moving parts of one training run: what the steps change and what a checkpoint saves."""
+
+    model: UNetLDL
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    sampler: PatchSampler
+    val_cases: list[Preprocessed]
+    train_ids: list[str]
+    val_ids: list[str]
+    step_model: torch.nn.Module | None = None  # the model as the steps call it (DDP, compiled)
+    prefetcher: BatchPrefetcher | None = None
+    start_epoch: int = 0
+    start_iteration: int = 0
+    best: float = -math.inf
+    history: list[dict[str, Any]] = field(default_factory=list)
+    partial: dict[str, float] = field(default_factory=dict)  # loss sums of the interrupted epoch being resumed
+    sums: dict[str, float] = field(default_factory=dict)  # loss sums of the current epoch
+    stopped: bool = False
+    stop_iteration: int = 0
+
+
 class Trainer:
     """One training run in ``out_dir``: ``config.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt``.
 
@@ -473,9 +497,21 @@ class Trainer:
                 shutdown(self.dist)
 
     def _run(self, resume: bool) -> dict[str, Any]:
-        """The body of :meth:`run`."""
-        config, reporter, ctx = self.config, self.reporter, self.dist
-        last_path, best_path = self.out_dir / "last.pt", self.out_dir / "best.pt"
+        """The body of :meth:`run`: set up (or restore) the run, then train epoch by epoch until done or stopped."""
+        run = self._restore(resume)
+        try:
+            for epoch in range(run.start_epoch, self.config.epochs):
+                if self._train_epoch(run, epoch) or self._end_epoch(run, epoch):
+                    break
+        finally:
+            run.prefetcher.close()
+        return self._finish(run)
+
+    def _restore(self, resume: bool) -> RunState:
+        """Check the run folder, build model, optimiser, scheduler, scaler, data and sampler, and with ``resume``
+        put back the state of ``last.pt``; the same order of random draws as ever (exact resume depends on it)."""
+        config, ctx = self.config, self.dist
+        last_path = self.out_dir / "last.pt"
         if not resume and last_path.exists():
             raise FileExistsError(f"{self.out_dir} already holds a run (last.pt): use --resume or another --out")
         if resume and not last_path.exists():
@@ -492,7 +528,7 @@ class Trainer:
         )
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        train_cases, val_cases, train_ids, val_ids = load_dataset(config, self.task, self.prep, reporter)
+        train_cases, val_cases, train_ids, val_ids = load_dataset(config, self.task, self.prep, self.reporter)
         if config.max_val_cases is not None:
             val_cases, val_ids = val_cases[: config.max_val_cases], val_ids[: config.max_val_cases]
         pad_value = 0.0 if self.prep.image_kind == "mr" else float(min(c.images.min() for c in train_cases))
@@ -506,133 +542,136 @@ class Trainer:
             rank=ctx.rank,
             augment=config.augment,
         )
-        start_epoch, start_iteration, best, history, partial = 0, 0, -math.inf, [], {}
+        run = RunState(model, optimizer, scheduler, scaler, sampler, val_cases, train_ids, val_ids)
         if resume:
-            saved = load_checkpoint(last_path, map_location=self.device)
-            state = saved.training_state
-            model.load_state_dict(saved.state_dict)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["torch_rng"].cpu())  # loaded onto --device; the CPU RNG needs a CPU tensor
-            random.setstate(json_to_random_state(state["python_rng"]))
-            start_epoch, best, history = int(state["epoch"]), float(state["best"]), list(state["history"])
-            start_iteration = int(state.get("iteration", 0))
-            partial = self._restore_rank_state(state, sampler, start_epoch, start_iteration)
-            where = f", iteration {start_iteration + 1}" if start_iteration else ""
-            reporter.log(f"resuming {self.out_dir} at epoch {start_epoch + 1}{where}")
+            self._load_last(run, last_path)
         elif ctx.is_main:
             (self.out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         barrier(ctx)  # every rank has read last.pt before rank 0 may replace it
         processes = f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""
-        reporter.log(
+        self.reporter.log(
             f"training {self.task.name}: {count_parameters(model):,} parameters, {len(train_cases)} train / "
             f"{len(val_cases)} validation cases, patch {self.patch}, device {self.device}{processes}"
         )
-        metrics_log = self.out_dir / "metrics.jsonl"
         if ctx.is_main:
-            _truncate_log(metrics_log, start_epoch)
-        step_model = self._wrap(model)
-        stopped, stop_iteration = False, 0
+            _truncate_log(self.out_dir / "metrics.jsonl", run.start_epoch)
+        run.step_model = self._wrap(model)
         self.stop_agreed = False
         model.train()
-        prefetcher = BatchPrefetcher(sampler, config.batch_size, config.prefetch, self.device.type == "cuda")
-        try:
-            for epoch in range(start_epoch, config.epochs):
-                first = start_iteration if epoch == start_epoch else 0
-                sums: dict[str, float] = dict(partial) if first else {}
-                for iteration in range(first, config.iters_per_epoch):
-                    progress = epoch + iteration / config.iters_per_epoch
-                    parts = self._step(step_model, optimizer, scaler, prefetcher, progress)
-                    for key, value in parts.items():
-                        sums[key] = sums.get(key, 0.0) + value
-                    reporter.progress(
-                        "train", iteration + 1, config.iters_per_epoch, epoch=epoch + 1, loss=parts["total"]
-                    )
-                    if self.stop_agreed and iteration + 1 < config.iters_per_epoch:
-                        # a consistent mid-epoch checkpoint: resuming continues with the next step exactly
-                        broadcast_buffers(ctx, model)
-                        training_state = self._training_state(
-                            optimizer, scheduler, scaler, prefetcher, epoch, iteration + 1, sums, best, history
-                        )
-                        if ctx.is_main:
-                            record = history[-1] if history else {}
-                            provenance = self._provenance(epoch, record, train_ids, val_ids)
-                            save_checkpoint(self._checkpoint(model, provenance, training_state), last_path)
-                        reporter.log(
-                            f"stopped at epoch {epoch + 1}, iteration {iteration + 1}/{config.iters_per_epoch}; "
-                            "continue with --resume"
-                        )
-                        stopped, stop_iteration = True, iteration + 1
-                        break
-                if stopped:
-                    break
-                scheduler.step()
-                broadcast_buffers(ctx, model)  # rank 0's BatchNorm statistics for validation and the checkpoint
-                record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-                losses = mean_over_ranks(ctx, {k: v / config.iters_per_epoch for k, v in sums.items()})
-                record.update({f"loss_{k}": v for k, v in losses.items()})
-                is_best = False
-                if val_cases and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-                    record.update(
-                        validate(
-                            model,
-                            val_cases,
-                            self.task,
-                            self.patch,
-                            config.val_overlap,
-                            None if self.prep.image_kind == "mr" else "min",
-                            reporter,
-                            rank=ctx.rank,
-                            world_size=ctx.world_size,
-                            empty=config.empty_regions,
-                            et_min_voxels=config.et_min_voxels,
-                        )
-                    )
-                    is_best = record["dice_mean"] > best
-                    best = max(best, record["dice_mean"])
-                history.append(record)
-                training_state = self._training_state(
-                    optimizer, scheduler, scaler, prefetcher, epoch + 1, 0, {}, best, history
+        run.prefetcher = BatchPrefetcher(sampler, config.batch_size, config.prefetch, self.device.type == "cuda")
+        return run
+
+    def _load_last(self, run: RunState, last_path: Path) -> None:
+        """Weights, optimiser, scheduler, scaler, random states, records and position of ``last.pt`` into ``run``."""
+        saved = load_checkpoint(last_path, map_location=self.device)
+        state = saved.training_state
+        run.model.load_state_dict(saved.state_dict)
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # loaded onto --device; the CPU RNG needs a CPU tensor
+        random.setstate(json_to_random_state(state["python_rng"]))
+        run.start_epoch, run.best, run.history = int(state["epoch"]), float(state["best"]), list(state["history"])
+        run.start_iteration = int(state.get("iteration", 0))
+        run.partial = self._restore_rank_state(state, run.sampler, run.start_epoch, run.start_iteration)
+        where = f", iteration {run.start_iteration + 1}" if run.start_iteration else ""
+        self.reporter.log(f"resuming {self.out_dir} at epoch {run.start_epoch + 1}{where}")
+
+    def _train_epoch(self, run: RunState, epoch: int) -> bool:
+        """The steps of one epoch (from the saved iteration when resuming); True when a stop request ended it early,
+        after a mid-epoch checkpoint from which ``--resume`` continues with the next step exactly."""
+        config = self.config
+        first = run.start_iteration if epoch == run.start_epoch else 0
+        run.sums = dict(run.partial) if first else {}
+        for iteration in range(first, config.iters_per_epoch):
+            progress = epoch + iteration / config.iters_per_epoch
+            parts = self._step(run.step_model, run.optimizer, run.scaler, run.prefetcher, progress)
+            for key, value in parts.items():
+                run.sums[key] = run.sums.get(key, 0.0) + value
+            self.reporter.progress("train", iteration + 1, config.iters_per_epoch, epoch=epoch + 1, loss=parts["total"])
+            if self.stop_agreed and iteration + 1 < config.iters_per_epoch:
+                broadcast_buffers(self.dist, run.model)
+                training_state = self._training_state(run, epoch, iteration + 1, run.sums)
+                if self.dist.is_main:
+                    record = run.history[-1] if run.history else {}
+                    provenance = self._provenance(epoch, record, run.train_ids, run.val_ids)
+                    save_checkpoint(self._checkpoint(run.model, provenance, training_state), self.out_dir / "last.pt")
+                self.reporter.log(
+                    f"stopped at epoch {epoch + 1}, iteration {iteration + 1}/{config.iters_per_epoch}; "
+                    "continue with --resume"
                 )
-                if ctx.enabled:
-                    check_in_sync(ctx, model)
-                if ctx.is_main:
-                    with metrics_log.open("a") as handle:
-                        handle.write(json.dumps(record) + "\n")
-                    reporter.emit("metrics", stage="epoch", **record)
-                    provenance = self._provenance(epoch + 1, record, train_ids, val_ids)
-                    save_checkpoint(self._checkpoint(model, provenance, training_state), last_path)
-                    if is_best:
-                        save_checkpoint(self._checkpoint(model, provenance, None), best_path)
-                if any_rank(ctx, [self.stop_agreed or self.stop_requested()])[0]:
-                    reporter.log(f"stopped after epoch {epoch + 1}; continue with --resume")
-                    stopped = True
-                    break
-        finally:
-            prefetcher.close()
-        digest = check_in_sync(ctx, model)
-        if ctx.is_main and not best_path.exists():
-            save_checkpoint(
-                self._checkpoint(
-                    model, self._provenance(len(history), history[-1] if history else {}, train_ids, val_ids), None
-                ),
-                best_path,
+                run.stopped, run.stop_iteration = True, iteration + 1
+                return True
+        return False
+
+    def _end_epoch(self, run: RunState, epoch: int) -> bool:
+        """Scheduler step, validation when due, the epoch's record, ``last.pt`` and ``best.pt``; True when a stop
+        was requested (the run ends after this epoch)."""
+        config, ctx = self.config, self.dist
+        run.scheduler.step()
+        broadcast_buffers(ctx, run.model)  # rank 0's BatchNorm statistics for validation and the checkpoint
+        record = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
+        losses = mean_over_ranks(ctx, {k: v / config.iters_per_epoch for k, v in run.sums.items()})
+        record.update({f"loss_{k}": v for k, v in losses.items()})
+        is_best = False
+        if run.val_cases and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
+            record.update(
+                validate(
+                    run.model,
+                    run.val_cases,
+                    self.task,
+                    self.patch,
+                    config.val_overlap,
+                    None if self.prep.image_kind == "mr" else "min",
+                    self.reporter,
+                    rank=ctx.rank,
+                    world_size=ctx.world_size,
+                    empty=config.empty_regions,
+                    et_min_voxels=config.et_min_voxels,
+                )
             )
+            is_best = record["dice_mean"] > run.best
+            run.best = max(run.best, record["dice_mean"])
+        run.history.append(record)
+        training_state = self._training_state(run, epoch + 1, 0, {})
+        if ctx.enabled:
+            check_in_sync(ctx, run.model)
+        if ctx.is_main:
+            with (self.out_dir / "metrics.jsonl").open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            self.reporter.emit("metrics", stage="epoch", **record)
+            provenance = self._provenance(epoch + 1, record, run.train_ids, run.val_ids)
+            save_checkpoint(self._checkpoint(run.model, provenance, training_state), self.out_dir / "last.pt")
+            if is_best:
+                save_checkpoint(self._checkpoint(run.model, provenance, None), self.out_dir / "best.pt")
+        if any_rank(ctx, [self.stop_agreed or self.stop_requested()])[0]:
+            self.reporter.log(f"stopped after epoch {epoch + 1}; continue with --resume")
+            run.stopped = True
+            return True
+        return False
+
+    def _finish(self, run: RunState) -> dict[str, Any]:
+        """``best.pt`` if no validation chose one, the weights' digest, the ``result`` event and the summary."""
+        ctx, best_path, history = self.dist, self.out_dir / "best.pt", run.history
+        digest = check_in_sync(ctx, run.model)
+        if ctx.is_main and not best_path.exists():
+            record = history[-1] if history else {}
+            provenance = self._provenance(len(history), record, run.train_ids, run.val_ids)
+            save_checkpoint(self._checkpoint(run.model, provenance, None), best_path)
         barrier(ctx)  # no rank returns before rank 0 has written everything
         summary = {
             "out_dir": str(self.out_dir),
             "best": str(best_path),
-            "last": str(last_path),
+            "last": str(self.out_dir / "last.pt"),
             "epochs": len(history),
-            "best_dice_mean": best if math.isfinite(best) else None,
-            "stopped": stopped,
-            "stopped_at_iteration": stop_iteration,
+            "best_dice_mean": run.best if math.isfinite(run.best) else None,
+            "stopped": run.stopped,
+            "stopped_at_iteration": run.stop_iteration,
             "world_size": ctx.world_size,
             "weights_sha256": digest,
             "history": history,
         }
-        reporter.emit("result", **{k: v for k, v in summary.items() if k != "history"})
+        self.reporter.emit("result", **{k: v for k, v in summary.items() if k != "history"})
         return summary
 
     def _wrap(self, model: UNetLDL) -> torch.nn.Module:
@@ -649,24 +688,15 @@ class Trainer:
         return wrapped
 
     def _training_state(
-        self,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        scaler: torch.amp.GradScaler,
-        prefetcher: BatchPrefetcher,
-        epoch: int,
-        iteration: int,
-        partial_sums: dict[str, float],
-        best: float,
-        history: list[dict[str, Any]],
+        self, run: RunState, epoch: int, iteration: int, partial_sums: dict[str, float]
     ) -> dict[str, Any]:
         """Everything exact resume needs after ``epoch`` epochs and ``iteration`` steps (a collective call)."""
-        mine = {"sampler_rng": json.dumps(prefetcher.rng_state()), "partial_sums": dict(partial_sums)}
+        mine = {"sampler_rng": json.dumps(run.prefetcher.rng_state()), "partial_sums": dict(partial_sums)}
         rank_states = all_gather_objects(self.dist, mine)
         return {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(),
             "sampler_rng": rank_states[0]["sampler_rng"],
             "rank_states": rank_states,
             "world_size": self.dist.world_size,
@@ -674,8 +704,8 @@ class Trainer:
             "python_rng": random_state_to_json(random.getstate()),
             "epoch": epoch,
             "iteration": iteration,
-            "best": best,
-            "history": history,
+            "best": run.best,
+            "history": run.history,
         }
 
     def _restore_rank_state(
