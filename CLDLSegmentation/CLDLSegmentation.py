@@ -15,6 +15,7 @@ import vtk
 from CLDLSegmentationLib import (
     DeviceChoice,
     OverlaySettings,
+    PrecisionChoice,
     SegmentationLogic,
     UncertaintyMapChoice,
     markUncertainRegion,
@@ -108,6 +109,7 @@ class CLDLSegmentationParameterNode:
     model: str = defaultModel()
     outputSegmentation: vtkMRMLSegmentationNode
     device: DeviceChoice = DeviceChoice.AUTO
+    precision: PrecisionChoice = PrecisionChoice.AUTO
     tta: bool = False
     overlap: Annotated[float, WithinRange(0.0, 0.9)] = OVERLAP
     uncertaintyMap: UncertaintyMapChoice = UncertaintyMapChoice.ENTROPY
@@ -329,6 +331,7 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 {m: s.currentNode() for m, s in self._inputSelectors.items()},
                 model=self._currentModel(),
                 device=p.device.value,
+                precision=p.precision.value,
                 tta=p.tta,
                 overlap=p.overlap,
                 uncertaintyMap=p.uncertaintyMap.value,

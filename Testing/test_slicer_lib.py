@@ -275,8 +275,11 @@ def test_overlay_prefers_slicer_colour_tables(scene) -> None:
 def test_segmentation_options_become_engine_arguments() -> None:
     """Options map onto `cldl segment` flags and are validated."""
     args = SegmentationOptions(device="cpu", tta=True, overlap=0.25, uncertaintyMap="max_prob").arguments()
-    assert args == ["--device", "cpu", "--overlap", "0.25", "--uncertainty-map", "max_prob", "--tta"]
-    for bad in ({"device": "gpu"}, {"overlap": 1.0}, {"uncertaintyMap": "variance"}):
+    assert args == [
+        "--device", "cpu", "--precision", "auto", "--overlap", "0.25", "--uncertainty-map", "max_prob", "--tta"
+    ]  # fmt: skip
+    assert SegmentationOptions(precision="fp32").arguments()[2:4] == ["--precision", "fp32"]
+    for bad in ({"device": "gpu"}, {"overlap": 1.0}, {"uncertaintyMap": "variance"}, {"precision": "fp16"}):
         with pytest.raises(ValueError):
             SegmentationOptions(**bad)
 

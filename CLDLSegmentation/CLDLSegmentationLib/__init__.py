@@ -13,6 +13,7 @@
 
 from .logic import (
     DeviceChoice,
+    PrecisionChoice,
     SegmentationJob,
     SegmentationLogic,
     SegmentationOptions,
@@ -27,6 +28,7 @@ from .segmentations import labelmapToSegmentation, markUncertainRegion
 __all__ = [
     "CancelledError",
     "DeviceChoice",
+    "PrecisionChoice",
     "JsonLinesProcess",
     "ModelInfo",
     "OverlaySettings",

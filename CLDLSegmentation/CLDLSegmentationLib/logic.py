@@ -51,6 +51,22 @@ class DeviceChoice(enum.Enum):
         return {"auto": "Auto (GPU if available)", "cuda": "GPU (CUDA)", "cpu": "CPU"}[self.value]
 
 
+class PrecisionChoice(enum.Enum):
+    """The network's arithmetic (``cldl segment --precision``)."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+    def label(self) -> str:
+        """Text shown in the precision combo box."""
+        return {
+            "auto": "Auto (bf16 where the GPU or CPU has it)",
+            "fp32": "fp32 (full precision)",
+            "bf16": "bf16 (fast on recent CPUs and GPUs)",
+        }[self.value]
+
+
 class UncertaintyMapChoice(enum.Enum):
     """Which uncertainty map the engine writes."""
 
@@ -67,6 +83,7 @@ class SegmentationOptions:
     """Engine options of one run (see ``cldl segment --help``)."""
 
     device: str = "auto"
+    precision: str = "auto"
     tta: bool = False
     overlap: float = OVERLAP
     uncertaintyMap: str = "entropy"
@@ -76,6 +93,8 @@ class SegmentationOptions:
     def __post_init__(self) -> None:
         if self.device not in {d.value for d in DeviceChoice}:
             raise ValueError(f"device must be one of {[d.value for d in DeviceChoice]}, got {self.device!r}")
+        if self.precision not in {p.value for p in PrecisionChoice}:
+            raise ValueError(f"precision must be one of {[p.value for p in PrecisionChoice]}, got {self.precision!r}")
         if self.uncertaintyMap not in {m.value for m in UncertaintyMapChoice}:
             raise ValueError(f"uncertaintyMap must be 'entropy' or 'max_prob', got {self.uncertaintyMap!r}")
         if not 0.0 <= self.overlap < 1.0:
@@ -83,7 +102,8 @@ class SegmentationOptions:
 
     def arguments(self) -> list[str]:
         """Command-line arguments for these options."""
-        args = ["--device", self.device, "--overlap", f"{self.overlap:g}", "--uncertainty-map", self.uncertaintyMap]
+        args = ["--device", self.device, "--precision", self.precision, "--overlap", f"{self.overlap:g}"]
+        args += ["--uncertainty-map", self.uncertaintyMap]
         return args + (["--tta"] if self.tta else [])
 
 
