@@ -1,6 +1,6 @@
 """The GPU benchmark behind ``benchmarks/gpu.sh``: training it/s at 128^3 with AMP, inference s/volume, peak memory.
 
-Training: the Trainer (phantom data, prefetch thread) and a plain loop on a fixed batch, full network (21.7 M
+Training: the Trainer (phantom data, prefetch thread, `--augment` preset: nnunet by default) and a plain loop on a fixed batch, full network (21.7 M
 parameters), patch 128^3, batch 1, AMP (bf16 where supported), with and without channels-last 3D. Inference: the
 Predictor on a BraTS-sized phantom (4 x 155 x 240 x 240, random weights, 128^3 window) at overlap 0.25 and 0.5,
 seconds per volume after one warm-up volume. Peak GPU memory is torch's peak allocation per part.
@@ -59,6 +59,7 @@ def train_part(args: argparse.Namespace, device: torch.device) -> list[dict[str,
                 steps=args.steps,
                 warmup=args.warmup,
                 prefetch=2,
+                augment=args.augment,
                 channels_last=channels_last,
                 compile=args.compile,
                 no_amp=False,
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny network and phantoms (seconds; CI on CPU)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the training network")
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument(
+        "--augment", default="nnunet", choices=("none", "paper", "nnunet"), help="the Trainer's augmentation preset"
+    )
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)

@@ -61,6 +61,7 @@ def _config(args: argparse.Namespace, out_steps: int) -> TrainConfig:
             "channels_last": args.channels_last,
             "compile": args.compile,
             "prefetch": args.prefetch,
+            "augment": args.augment,
             "seed": 0,
             "cache": None,
         }
@@ -96,7 +97,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         shape = tuple(trainer.config.phantoms["shape"])
         case = brats_phantom(0, shape=shape)
         prepared = preprocess(case.images, PreprocessConfig(), BRATS.modalities, BRATS.labels_to_classes(case.labels))
-        sampler = PatchSampler([prepared], trainer.patch, 0.33, 0.5, 0)
+        sampler = PatchSampler([prepared], trainer.patch, 0.33, 0.5, 0, augment=args.augment)
         t0 = time.perf_counter()
         for _ in range(10):
             sampler.sample(args.batch)
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps per run (at least 1)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--prefetch", type=int, default=2)
+    parser.add_argument("--augment", default="paper", choices=("none", "paper", "nnunet"), help="the Trainer's preset")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--no-amp", action="store_true")
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     passthrough = [
         f"--{k.replace('_', '-')}={v}"
         for k, v in vars(args).items()
-        if k in ("device", "patch", "width", "batch", "steps", "warmup", "prefetch")
+        if k in ("device", "patch", "width", "batch", "steps", "warmup", "prefetch", "augment")
     ]
     passthrough += [
         f"--{flag}" for flag in ("channels-last", "compile", "no-amp") if vars(args)[flag.replace("-", "_")]
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     amp = "off" if args.no_amp or args.device == "cpu" else "on"
     print(
         f"network {parameters:,} parameters, patch {args.patch}^3, batch {args.batch}, device {args.device}, "
-        f"AMP {amp}, channels-last {args.channels_last}, compile {args.compile}; "
+        f"AMP {amp}, channels-last {args.channels_last}, compile {args.compile}, augment {args.augment}; "
         f"{args.steps} timed steps after {args.warmup}"
     )
     for kind, label in (("ours", "CLDL Trainer (phantom data)"), ("plain", "plain loop (fixed batch)")):
