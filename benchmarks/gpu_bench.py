@@ -1,7 +1,8 @@
 """The GPU benchmark behind ``benchmarks/gpu.sh``: training it/s at 128^3 with AMP, inference s/volume, peak memory.
 
-Training: the Trainer (phantom data, prefetch thread, `--augment` preset: nnunet by default) and a plain loop on a fixed batch, full network (21.7 M
-parameters), patch 128^3, batch 1, AMP (bf16 where supported), with and without channels-last 3D. Inference: the
+Training: the Trainer (phantom data, prefetch thread, ``--augment`` preset: nnunet by default) and a plain loop on a
+fixed batch, full network (21.7 M parameters), patch 128^3, batch 1, AMP (bf16 where supported), with and without
+channels-last 3D. Inference: the
 Predictor on a BraTS-sized phantom (4 x 155 x 240 x 240, random weights, 128^3 window) at overlap 0.25 and 0.5,
 seconds per volume after one warm-up volume. Peak GPU memory is torch's peak allocation per part.
 ``--device cpu --quick`` runs the same code with a tiny network and phantom (the CI test).
