@@ -20,6 +20,12 @@ One case (:func:`anatomy_case`), all drawn from the case's seed:
 4. **Acquisition**: skull-stripping edge errors, bias field, blur and thick-slice resolution loss, Rician noise,
    gamma, and int16 storage scaled like a scanner's (BraTS files are int16).
 
+Why not TorchIO or MONAI transforms: they deform each image on its own, whereas here one coordinate mapping (affine,
+elastic field and mass effect composed) carries the anatomy, the tumour and so the exact class fractions together,
+and every draw comes from one numpy Generator per seed, so a case does not change with a library's version. The
+acquisition steps are a few lines each on torch tensors. The nnU-Net-style patch augmentation of training is
+:mod:`cldl.data.augment`.
+
 Labels are the argmax of the exact per-class partial-volume fractions, which are kept as
 :attr:`~cldl.data.phantoms.PhantomCase.fractions` (the true label distribution). Heavy array work runs in torch on
 the CPU; the random draws come from numpy Generators seeded by the case's seed, so a seed always gives the same case.
