@@ -50,3 +50,16 @@ def tiny_checkpoint(tiny_run: Path) -> Path:
 def phantom_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 48^3 BraTS phantom written in the BraTS layout: keys flair, t1, t1ce, t2, seg."""
     return write_case(brats_phantom(123, shape=(48, 48, 48)), tmp_path_factory.mktemp("phantom"), layout="brats")
+
+
+@pytest.fixture
+def scene():
+    """A fresh MRML scene of the slicer-core wheel (see ``slicer_testing.new_scene``), also as ``slicer.mrmlScene``."""
+    import slicer
+    from slicer_testing import new_scene
+
+    scene = new_scene()
+    slicer.mrmlScene = scene
+    yield scene
+    del slicer.mrmlScene
+    scene.Clear(1)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 import slicer
-from slicer_testing import add_volume, new_scene, oblique_matrix  # also puts the module folders on sys.path
+from slicer_testing import add_volume, oblique_matrix  # also puts the module folders on sys.path
 
 # isort: split
 from CLDLSegmentationLib.confidence import confidenceHeaderToolTips, confidenceRows, focusRas, jumpToFocus
@@ -34,16 +33,6 @@ SUMMARY = {
         ],
     }
 }  # fmt: skip
-
-
-@pytest.fixture
-def scene():
-    """A fresh scene, also as ``slicer.mrmlScene``."""
-    scene = new_scene()
-    slicer.mrmlScene = scene
-    yield scene
-    del slicer.mrmlScene
-    scene.Clear(1)
 
 
 def test_confidence_rows_tooltips_and_focus() -> None:

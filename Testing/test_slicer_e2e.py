@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicer
-from slicer_testing import new_scene, oblique_matrix  # also puts the module folders on sys.path
+from slicer_testing import oblique_matrix  # also puts the module folders on sys.path
 
 # isort: split
 from CLDLSegmentationLib import SegmentationLogic
@@ -20,15 +20,6 @@ from CLDLTrainingLib import TrainingLogic
 
 from cldl.checkpoint import load_checkpoint
 from cldl.data.phantoms import brats_phantom
-
-
-@pytest.fixture
-def scene():
-    scene = new_scene()
-    slicer.mrmlScene = scene
-    yield scene
-    del slicer.mrmlScene
-    scene.Clear(1)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import slicer
 import slicerio
 import vtk
-from slicer_testing import add_volume, new_scene, oblique_matrix  # also puts the module folders on sys.path
+from slicer_testing import add_volume, oblique_matrix  # also puts the module folders on sys.path
 
 # isort: split
 from CLDLSegmentationLib.logic import SegmentationLogic, SegmentationOptions
@@ -38,16 +38,6 @@ from CLDLTrainingLib import TrainingCurves, buildConfig, trainCommand
 
 from cldl.io import Geometry, write_image, write_unit_interval
 from cldl.tasks import BRATS, MMWHS_CT
-
-
-@pytest.fixture
-def scene():
-    """A fresh scene, also as ``slicer.mrmlScene`` (as in the application)."""
-    scene = new_scene()
-    slicer.mrmlScene = scene
-    yield scene
-    del slicer.mrmlScene
-    scene.Clear(1)
 
 
 def _brats_labels(shape=(12, 14, 16)) -> np.ndarray:

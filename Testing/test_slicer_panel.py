@@ -28,20 +28,10 @@ from CLDLSegmentationLib.overlay import OverlaySettings
 from CLDLSegmentationLib.panel import guessInput, updateOverlay
 from CLDLSegmentationLib.process import JsonLinesProcess
 from CLDLTrainingLib import isSet, resolveTask, runExists
-from slicer_testing import add_volume, new_scene
+from slicer_testing import add_volume
 
 from cldl import defaults
 from cldl.tasks import get_task
-
-
-@pytest.fixture
-def scene():
-    """A fresh scene, also as ``slicer.mrmlScene``."""
-    scene = new_scene()
-    slicer.mrmlScene = scene
-    yield scene
-    del slicer.mrmlScene
-    scene.Clear(1)
 
 
 @pytest.mark.parametrize(
