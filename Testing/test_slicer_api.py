@@ -553,3 +553,31 @@ def test_pytorchutils_names_and_arguments_exist() -> None:
         member = logic[call.func.attr]
         assert {k.arg for k in call.keywords} <= set(member["arguments"]), call.func.attr
         assert not member["decorators"], "called as a method"
+
+
+def test_qt_signals_connected_to_exist_in_qt_5_15() -> None:
+    """Every ``self.ui.<widget>.connect("signal(...)")`` on a plain Qt widget names a signal its class (or a base)
+    declares in Qt 5.15's headers (the manifest's ``qt_signals``, read by Testing/tools/make_slicer_api_manifest.py)."""
+    classes = MANIFEST["qt_signals"]["classes"]
+    widgets = _ui_widgets()
+    checked = 0
+    for _, tree in _trees():
+        for call in ast.walk(tree):
+            if not (
+                isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "connect"
+            ):
+                continue
+            receiver = _chain(call.func.value) or ""
+            cls = widgets.get(receiver.split(".")[-1]) if receiver.startswith("self.ui.") else None
+            if cls is None or not cls.startswith("Q"):
+                continue
+            assert cls in classes, f"{receiver} is a {cls}: add it to QT_CLASSES in the manifest tool"
+            lineage, known = cls, set()
+            while lineage:
+                known |= set(classes[lineage]["signals"])
+                lineage = classes[lineage]["base"]
+            assert call.args[0].value in known, f"{receiver}: {cls} has no signal {call.args[0].value}"
+            checked += 1
+    assert checked >= 10
+    assert "cellClicked(int,int)" in classes["QTableWidget"]["signals"]
+    assert "clicked()" not in classes["QAbstractButton"]["signals"]  # the check can fail: only clicked(bool)

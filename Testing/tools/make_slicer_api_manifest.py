@@ -5,7 +5,10 @@ Usage (bare git dirs, e.g. from the ``fetch`` tool or ``git clone --bare``)::
     python Testing/tools/make_slicer_api_manifest.py \\
         --slicer /work/.mirror/Slicer+Slicer/repo --ctk /work/.mirror/commontk+CTK/repo \\
         --pythonqt /work/.mirror/MeVisLab+pythonqt/repo --pytorch /work/.mirror/fepegar+SlicerPyTorch/repo \\
-        [--commontk-pythonqt /work/.mirror/commontk+PythonQt/repo]
+        [--commontk-pythonqt /work/.mirror/commontk+PythonQt/repo] \\
+        --qt-include /tmp/qt/usr/include/x86_64-linux-gnu/qt5/QtWidgets
+
+(the Qt include folder: ``apt-get download qtbase5-dev && dpkg-deb -x qtbase5-dev_*.deb /tmp/qt``).
 
 Reads, at Slicer v5.10.0 and v5.12.0: the Python packages the modules import (top-level names, class members,
 function arguments), the headers of the qMRML/ctk widgets and application classes used (base, Q_PROPERTY names,
@@ -14,7 +17,8 @@ method/signal names, enum values), the parameterNodeWrapper GUI connectors (widg
 registration API. CTK is read at the commit Slicer's ``SuperBuild/External_CTK.cmake`` pins; PythonQt at the
 commontk/PythonQt commit CTK's ``CMakeExternals/PythonQt.cmake`` pins, or, when the mirror lacks it, at the
 upstream MeVisLab/pythonqt commit the pin's comment names (recorded as such). PyTorchUtils is read at the newest
-commit of fepegar/SlicerPyTorch (it has no tags). Then check ``git diff Testing/slicer_api_manifest.json``.
+commit of fepegar/SlicerPyTorch (it has no tags). The Qt signals the modules connect to are read from Qt 5.15's
+headers (Slicer 5.10 and 5.12 build against Qt 5.15). Then check ``git diff Testing/slicer_api_manifest.json``.
 """
 
 from __future__ import annotations
@@ -297,6 +301,40 @@ def pytorchFacts(gitDir: str) -> dict:
     }
 
 
+# Qt widget classes whose signals the modules connect to: header (QtWidgets/) and base class.
+QT_CLASSES = {
+    "QAbstractButton": ("qabstractbutton.h", None),
+    "QPushButton": ("qpushbutton.h", "QAbstractButton"),
+    "QComboBox": ("qcombobox.h", None),
+    "QTableWidget": ("qtablewidget.h", None),
+}
+
+
+def _signature(name: str, params: str) -> str:
+    """Qt's normalised connect signature of a declaration: parameter types only, defaults dropped."""
+    types = []
+    for param in filter(None, (p.split("=")[0].strip() for p in params.split(","))):
+        words = [w for w in param.replace("&", " & ").replace("*", " * ").split() if w not in ("const", "&")]
+        types.append("".join(words[:-1]) if len(words) > 1 else words[0])  # Qt drops const and & when normalising
+    return f"{name}({','.join(types)})"
+
+
+def qtSignalFacts(includeDir: str) -> dict:
+    """The signals each class in QT_CLASSES declares in its Qt header (``Q_SIGNALS:`` sections)."""
+    version = re.search(r'QT_VERSION_STR "([\d.]+)"', Path(includeDir, "..", "QtCore", "qconfig.h").read_text())
+    classes = {}
+    for cls, (header, base) in QT_CLASSES.items():
+        text = Path(includeDir, header).read_text()
+        body = text[text.index(f"class Q_WIDGETS_EXPORT {cls} ") :]
+        signals = {}
+        for section in re.findall(r"Q_SIGNALS:(.*?)(?:public|protected|private)", body, re.S)[:1]:
+            for match in re.finditer(r"void (\w+)\(([^)]*)\);", section):
+                line = text[: text.index(match.group(0))].count("\n") + 1
+                signals[_signature(*match.groups())] = f"{header}:{line} {match.group(0)}"
+        classes[cls] = {"base": base, "signals": signals}
+    return {"source": f"Qt {version.group(1) if version else '?'} headers (QtWidgets/*.h)", "classes": classes}
+
+
 def main() -> None:
     """Write the manifest."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -305,6 +343,11 @@ def main() -> None:
     parser.add_argument("--pythonqt", required=True, help="MeVisLab/pythonqt")
     parser.add_argument("--pytorch", required=True, help="fepegar/SlicerPyTorch")
     parser.add_argument("--commontk-pythonqt", help="commontk/PythonQt (CTK's pins, if the mirror has them)")
+    parser.add_argument(
+        "--qt-include",
+        required=True,
+        help="Qt 5.15's QtWidgets include folder (e.g. from Debian's qtbase5-dev: .../include/<arch>/qt5/QtWidgets)",
+    )
     args = parser.parse_args()
     ctkCommits = {}
     for tag in TAGS:
@@ -325,6 +368,7 @@ def main() -> None:
         "modules": moduleFacts(args.slicer),
         "sample_data_downloader_calls": {tag: sampleDataCalls(text) for tag, text in sampleData.items()},
         "pytorchutils": pytorchFacts(args.pytorch),
+        "qt_signals": qtSignalFacts(args.qt_include),
     }
     OUT.write_text(json.dumps(manifest, indent=1) + "\n")
 
