@@ -72,8 +72,9 @@ class CLDLSegmentation(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Segment 3D images with a Curriculum Label Distribution Learning (CLDL) model and show where the model "
             "is uncertain (normalised entropy or 1 - max probability of the predicted label distribution) as a "
-            "colour overlay. The bundled demo model segments BraTS-like brain tumour MRI (FLAIR, T1, T1ce, T2); "
-            "it was trained on synthetic phantoms and is <b>not for clinical use</b>. "
+            "colour overlay. The bundled model segments brain tumour MRI (FLAIR, T1, T1ce, T2, skull-stripped, "
+            "BraTS-like); it was trained on synthetic tumours in real brain anatomy and is <b>not for clinical "
+            "use</b>. "
             f'See the <a href="{HOMEPAGE}#3d-slicer">documentation</a>.'
         )
         self.parent.acknowledgementText = _(
@@ -422,7 +423,7 @@ class CLDLSegmentationLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
 
 
 class CLDLSegmentationTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer on the CPU: the demo model on a fresh synthetic BraTS-like phantom."""
+    """Runs inside Slicer on the CPU: the phantom model on a fresh synthetic BraTS-like phantom (a pipeline check)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -438,10 +439,10 @@ class CLDLSegmentationTest(ScriptedLoadableModuleTest):
         self.test_cancel_kills_the_run()
 
     def _phantom(self):
-        """Four volumes of a phantom the demo model never saw, loaded as a user would."""
+        """Four volumes of a phantom the phantom model never saw, loaded as a user would."""
         from cldl.data.phantoms import brats_phantom, write_case
 
-        case = brats_phantom(90_001, shape=(96, 96, 96))  # the demo model's training size
+        case = brats_phantom(90_001, shape=(96, 96, 96))  # the phantom model's training size
         folder = Path(slicer.util.tempDirectory("CLDLTest"))
         files = write_case(case, folder)
         return [slicer.util.loadVolume(str(files[m])) for m in case.modalities], case
@@ -449,10 +450,12 @@ class CLDLSegmentationTest(ScriptedLoadableModuleTest):
     def test_segment_phantom_blocking(self):
         import numpy as np
 
-        self.delayDisplay("Segmenting a phantom with the demo model (CPU)")
+        from cldl.zoo import PHANTOM_MODEL
+
+        self.delayDisplay("Segmenting a phantom with the phantom model (CPU)")
         volumes, case = self._phantom()
         result = CLDLSegmentationLogic().segment(
-            volumes, model=defaultModel(), device="cpu", keepProbabilities=True, wait=True
+            volumes, model=PHANTOM_MODEL, device="cpu", keepProbabilities=True, wait=True
         )
         segmentation = result.segmentationNode.GetSegmentation()
         self.assertTrue({"ED", "ET"} <= set(result.segmentIds) <= {"NCR", "ED", "ET"})

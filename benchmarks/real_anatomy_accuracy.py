@@ -24,16 +24,14 @@ import numpy as np
 from _common import command_line, machine_summary
 from scipy import ndimage
 
-from cldl.data.anatomy import AnatomyConfig, anatomy_case, load_t1_anatomy
+from cldl.data.anatomy import REALISTIC, AnatomyConfig, anatomy_case, load_t1_anatomy
 from cldl.infer import Predictor
 from cldl.metrics import calibration, region_metrics, summarize
 from cldl.zoo import DEFAULT_MODEL, resolve_model
 
 COLIN27 = Path("/usr/share/mricron/templates/ch2bet.nii.gz")
-# Colin27 is a real, already skull-stripped brain: no atlas deformation beyond a mild one, no random contrasts.
-COLIN_CONFIG = AnatomyConfig(
-    p_random_contrast=0.0, p_strip_error=0.0, elastic_mm=(0.0, 1.0), rotation_deg=5.0, scale=(0.95, 1.05)
-)
+# Colin27 is a real, already skull-stripped brain: no deformation beyond a mild one, no random contrasts.
+COLIN_CONFIG = REALISTIC
 UNCERTAINTY_BINS = np.linspace(0.0, 1.0, 11)
 FAR_MM = 5.0
 

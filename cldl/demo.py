@@ -10,12 +10,14 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_outputs
+from .confidence import segment_confidence
+from .data.anatomy import REALISTIC, anatomy_case
 from .data.phantoms import brats_phantom, write_case
 from .events import Reporter
 from .infer import Predictor
 from .io import write_image, write_unit_interval
 from .metrics import region_metrics, summarize
-from .zoo import DEFAULT_MODEL, resolve_model
+from .zoo import DEFAULT_MODEL, PHANTOM_MODEL, resolve_model
 
 DEMO_SHAPE = (96, 96, 96)
 
@@ -27,7 +29,7 @@ def run_demo(
     device: str = "auto",
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
-    """Make the phantom (a seed outside every training range), segment it, write outputs, return a summary.
+    """Make an anatomy-based case (a seed outside every training range), segment it, write outputs, return a summary.
 
     The demo owns its output folder: rerunning it replaces the files it wrote before, and nothing else.
     """
@@ -40,11 +42,14 @@ def run_demo(
     task = predictor.task
     if task.name != "brats":
         raise ValueError(f"the demo needs a BraTS model, {model} segments {task.name!r}")
-    reporter.log("making a synthetic BraTS-like case")
-    case = brats_phantom(seed, shape=DEMO_SHAPE)
+    reporter.log("making a synthetic brain-tumour case on real anatomy (MNI152)")
+    case = anatomy_case(seed, REALISTIC)
     inputs = write_case(case, out / "inputs", layout="brats")
     prediction = predictor.predict(
-        case.images, keep_probabilities=True, progress=lambda d, t: reporter.progress("inference", d, t)
+        case.images,
+        keep_probabilities=True,
+        progress=lambda d, t: reporter.progress("inference", d, t),
+        geometry=case.geometry,
     )
     geometry = case.geometry
     with atomic_outputs() as staged:  # the results are written together or not at all
@@ -62,8 +67,9 @@ def run_demo(
             "device": str(predictor.device),
             "seconds": round(seconds, 2),
             "metrics": metrics,
+            "confidence": segment_confidence(prediction, task, geometry),
             "inputs": {k: str(v) for k, v in inputs.items()},
-            "note": "synthetic phantom and a demo model trained on phantoms: not for clinical use",
+            "note": "a synthetic tumour on real anatomy and a model trained on synthetic cases: not for clinical use",
         }
         staged.path(out / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         try:
@@ -94,8 +100,8 @@ def run_demo(
 def evaluate_on_phantoms(
     model: str | None = None, seeds: range = range(20_000, 20_020), device: str = "auto"
 ) -> dict[str, Any]:
-    """Dice and HD95 per region of a model on fresh BraTS phantoms (seeds outside every training range)."""
-    predictor = Predictor(resolve_model(model or DEFAULT_MODEL), device=device)
+    """Dice and HD95 per region of a model (default: the phantom model) on fresh BraTS phantoms (unseen seeds)."""
+    predictor = Predictor(resolve_model(model or PHANTOM_MODEL), device=device)
     task = predictor.task
     cases = []
     for seed in seeds:

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BUNDLED_DIR = Path(__file__).parent / "models"
+ANATOMY_MODEL = "brats-anatomy"
+"""Trained on anatomy-based synthetic cases (cldl.data.anatomy): the default, the one for real brains."""
 PHANTOM_MODEL = "brats-phantom-demo"
 """Trained on the procedural phantoms only: kept for the fast phantom-based tests and benchmarks."""
-DEFAULT_MODEL = PHANTOM_MODEL
+DEFAULT_MODEL = ANATOMY_MODEL
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,14 @@ class ModelEntry:
 REGISTRY: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in (
+        ModelEntry(
+            name=ANATOMY_MODEL,
+            description="Small CLDL network (base width 8) trained on synthetic tumours in real anatomy (MNI152, "
+            "domain-randomised contrasts); research use, not for clinical use",
+            task="brats",
+            filename="cldl_brats_anatomy.pt",
+            sha256="fcfc4f03de214dc0e7df0dd0cfb4b713f31c785b28a1435b97ff73103d55183e",
+        ),
         ModelEntry(
             name=PHANTOM_MODEL,
             description="Small CLDL network (base width 8) trained on synthetic BraTS-like phantoms; demo only, "

@@ -112,6 +112,13 @@ class AnatomyConfig:
         return asdict(self)
 
 
+REALISTIC = AnatomyConfig(
+    p_random_contrast=0.0, p_strip_error=0.0, elastic_mm=(0.0, 1.0), rotation_deg=5.0, scale=(0.95, 1.05)
+)
+"""A scan as it comes from a BraTS-style pipeline: realistic contrasts only, a clean skull strip, mild deformation.
+Used for the demo case and for test cases on another brain (Colin27); training uses the wider defaults."""
+
+
 @dataclass(frozen=True, eq=False)
 class Anatomy:
     """Tissue maps on a 1 mm grid in LPS array order (z: inferior->superior, y: anterior->posterior, x: right->left)."""
