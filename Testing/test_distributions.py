@@ -276,3 +276,13 @@ def test_smoothing_stays_positive_and_normalised_for_tiny_entries() -> None:
     labels = torch.zeros(1, 8, 8, 8, dtype=torch.long)
     labels[0, 4, 4, 4] = 1
     assert (smooth_distribution(gaussian_label_distribution(labels, 3)) > 0).all()
+
+
+def test_entropy_is_finite_for_rounding_below_zero() -> None:
+    """Linearly resampled probabilities can dip a hair below 0: the uncertainty map must stay finite (no NaN)."""
+    from cldl.distributions import UNCERTAINTY_MAPS
+
+    probs = torch.tensor([[[1.0 + 2e-9]], [[-1e-9]], [[-1e-9]], [[0.0]]]).unsqueeze(0)  # 1 x K x 1 x 1
+    for name, uncertainty in UNCERTAINTY_MAPS.items():
+        value = uncertainty(probs)
+        assert torch.isfinite(value).all() and float(value.max()) < 1e-6, name

@@ -77,7 +77,9 @@ def gaussian_label_distribution(labels: torch.Tensor, num_classes: int, sigma: f
 
 
 def entropy(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Shannon entropy (nats) along ``dim``, with 0 log 0 = 0."""
+    """Shannon entropy (nats) along ``dim``, with 0 log 0 = 0; rounding below 0 (e.g. -1e-9 after linear
+    resampling of probabilities) counts as 0 instead of giving NaN."""
+    probs = probs.clamp_min(0.0)
     return -torch.special.xlogy(probs, probs).sum(dim=dim)
 
 
