@@ -420,6 +420,8 @@ def _build(rng: np.random.Generator, seed: int, config: AnatomyConfig, anatomy: 
     pick = int(rng.choice(weight.numel(), p=(weight / weight.sum()).numpy()))
     zyx = np.array(np.unravel_index(pick, coarse.shape[1:])) * 4
     centre_mm = (zyx - (np.array(mapping.shape) - 1) / 2) * config.spacing
+    # the mass effect's centre: the affine image of the tumour centre (a single point skips the elastic field, so
+    # the push may be centred up to the elastic amplitude, <= 3 mm, off the tumour's centre; kept: seeds reproduce)
     centre_atlas = mapping.to_atlas(torch.from_numpy(centre_mm.astype(np.float32))[None], with_mass=False)[0]
     mapping.mass = (centre_atlas.numpy(), radius * rng.uniform(*config.mass_effect), rng.uniform(10, 25))
 
