@@ -24,6 +24,20 @@ import vtk  # noqa: E402
 
 SLICE_VIEWS = ("Red", "Yellow", "Green")
 
+# The confidence part of an engine result event (cldl.confidence), as the widget and the Lib receive it.
+CONFIDENCE_SUMMARY = {
+    "confidence": {
+        "uncertain_threshold": 0.5,
+        "near_tie_margin": 0.2,
+        "segments": [
+            {"name": "NCR", "label": 1, "volume_ml": 0.0, "mean_uncertainty": None, "uncertain_ml": 0.0,
+             "near_tie_ml": 0.0, "focus_lps": None},
+            {"name": "ET", "label": 4, "volume_ml": 5.94, "mean_uncertainty": 0.213, "uncertain_ml": 1.2,
+             "near_tie_ml": 0.41, "focus_lps": [10.0, -20.0, 30.0]},
+        ],
+    }
+}  # fmt: skip
+
 
 def new_scene():
     """A scene with converter rules, the procedural colour tables and one composite node per slice view."""

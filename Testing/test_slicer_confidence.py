@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import slicer
+from slicer_testing import CONFIDENCE_SUMMARY as SUMMARY
 from slicer_testing import add_volume, oblique_matrix  # also puts the module folders on sys.path
 
 # isort: split
@@ -20,19 +21,6 @@ from CLDLSegmentationLib.volumes import exportVolume
 
 from cldl.io import Geometry, write_image, write_unit_interval
 from cldl.tasks import BRATS
-
-SUMMARY = {
-    "confidence": {
-        "uncertain_threshold": 0.5,
-        "near_tie_margin": 0.2,
-        "segments": [
-            {"name": "NCR", "label": 1, "volume_ml": 0.0, "mean_uncertainty": None, "uncertain_ml": 0.0,
-             "near_tie_ml": 0.0, "focus_lps": None},
-            {"name": "ET", "label": 4, "volume_ml": 5.94, "mean_uncertainty": 0.213, "uncertain_ml": 1.2,
-             "near_tie_ml": 0.41, "focus_lps": [10.0, -20.0, 30.0]},
-        ],
-    }
-}  # fmt: skip
 
 
 def test_confidence_rows_tooltips_and_focus() -> None:

@@ -13,6 +13,7 @@ import pytest
 import slicer
 import slicer_standins as standins
 import slicer_testing  # noqa: F401  (puts the module folders on sys.path)
+from slicer_testing import CONFIDENCE_SUMMARY as SUMMARY
 from slicer_testing import add_volume, new_scene
 
 CHECKPOINTS_SETTING = "CLDL/Checkpoints"
@@ -85,20 +86,6 @@ def test_segmentation_setup_fills_models_and_inputs(slicerApp, monkeypatch, tmp_
     assert [table.headers[c].text for c in range(table.columnCount)] == list(module.CONFIDENCE_COLUMNS)
     assert table.rowCount == 0 and widget._parameterNode.ldlMaps is False
     widget.cleanup()
-
-
-SUMMARY = {
-    "confidence": {
-        "uncertain_threshold": 0.5,
-        "near_tie_margin": 0.2,
-        "segments": [
-            {"name": "NCR", "label": 1, "volume_ml": 0.0, "mean_uncertainty": None, "uncertain_ml": 0.0,
-             "near_tie_ml": 0.0, "focus_lps": None},
-            {"name": "ET", "label": 4, "volume_ml": 5.94, "mean_uncertainty": 0.213, "uncertain_ml": 1.2,
-             "near_tie_ml": 0.41, "focus_lps": [10.0, -20.0, 30.0]},
-        ],
-    }
-}  # fmt: skip
 
 
 def _regionMap(scene):
