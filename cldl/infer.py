@@ -22,7 +22,14 @@ import torch.nn.functional as F
 
 from .checkpoint import Checkpoint, check_task, load_checkpoint
 from .data.datasets import check_mixups, check_modality_order
-from .data.preprocess import InputError, Preprocessed, input_grid_probabilities, preprocess, stack_channels
+from .data.preprocess import (
+    InputError,
+    Preprocessed,
+    input_grid_probabilities,
+    normalize_tensor,
+    preprocess,
+    stack_channels,
+)
 from .defaults import OVERLAP
 from .distributions import UNCERTAINTY_MAPS
 from .io import Geometry, read_channels
@@ -136,6 +143,11 @@ class Predictor:
     ``window_batch`` windows go through the network together unless their activations would exceed
     ``memory_limit_gb`` (default: ``CPU_WINDOW_MEMORY_GB`` on CPU, half the free GPU memory); on a GPU the
     network runs in bfloat16/float16 autocast. None of this changes the outputs beyond float rounding.
+
+    Speed options (``benchmarks/gpu.sh`` measures each): ``channels_last`` runs the network in channels-last 3D
+    memory format; ``compile`` is a ``torch.compile`` mode (``"default"``, ``"reduce-overhead"`` = CUDA graphs,
+    ``"max-autotune"``), with every window batch padded to ``window_batch`` windows so the compiled network sees one
+    shape; ``normalise_on_device`` (default: on a GPU) uploads the cropped raw images and z-scores them there.
     """
 
     def __init__(
@@ -148,6 +160,9 @@ class Predictor:
         gaussian: bool = True,
         memory_limit_gb: float | None = None,
         precision: str = "auto",
+        channels_last: bool = False,
+        compile: str | None = None,
+        normalise_on_device: bool | None = None,
     ) -> None:
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -160,6 +175,12 @@ class Predictor:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed window shapes: let cuDNN pick its fastest kernels
         self.model = self.checkpoint.build_model(self.device)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+        self.compile = compile
+        self.network = self.model if compile is None else torch.compile(self.model, mode=compile, dynamic=False)
+        self.normalise_on_device = self.device.type == "cuda" if normalise_on_device is None else normalise_on_device
         self.overlap = overlap
         self.window = tuple(self.checkpoint.patch_size)
         self.window_batch = memory_capped_window_batch(self.model, self.window, window_batch, memory_limit_gb)
@@ -216,9 +237,15 @@ class Predictor:
         if uncertainty not in UNCERTAINTY_MAPS:
             raise ValueError(f"uncertainty must be one of {sorted(UNCERTAINTY_MAPS)}, got {uncertainty!r}")
         task = self.task
-        case = preprocess(images, self.checkpoint.preprocess, task.modalities, geometry=geometry)
+        config = self.checkpoint.preprocess
+        case = preprocess(images, config, task.modalities, geometry=geometry, normalise=not self.normalise_on_device)
+        volume = (
+            normalize_tensor(torch.from_numpy(case.images).to(self.device), config)
+            if self.normalise_on_device
+            else case.images
+        )
         probs, stages = self.sliding_window_outputs(
-            case.images, stages=stage_maps is not None, progress=progress, cancel=cancel
+            volume, stages=stage_maps is not None, progress=progress, cancel=cancel
         )
         maps = None if stage_maps is None else stage_maps_from(stages, case, stage_maps)
         if case.resampled:
@@ -256,21 +283,24 @@ class Predictor:
         return Prediction(self.task.classes_to_labels(classes), classes, uncertainty_map, ties, probabilities)
 
     def sliding_window(
-        self, volume: np.ndarray, progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None
+        self,
+        volume: np.ndarray | torch.Tensor,
+        progress: ProgressFn | None = None,
+        cancel: Callable[[], bool] | None = None,
     ) -> torch.Tensor:
         """Class probabilities (K x d x h x w, float32, on the predictor's device) of a normalised volume."""
         return self.sliding_window_outputs(volume, progress=progress, cancel=cancel)[0]
 
     def sliding_window_outputs(
         self,
-        volume: np.ndarray,
+        volume: np.ndarray | torch.Tensor,
         stages: bool = False,
         progress: ProgressFn | None = None,
         cancel: Callable[[], bool] | None = None,
     ) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
         """Class probabilities and, with ``stages``, the stitched stage distributions (module function)."""
         return sliding_window_outputs(
-            self.model,
+            self.network,
             volume,
             self.window,
             overlap=self.overlap,
@@ -282,11 +312,13 @@ class Predictor:
             cancel=cancel,
             autocast=self.autocast,
             stages=stages,
+            channels_last=self.channels_last,
+            fixed_batch=self.compile is not None,
         )
 
 
 def sliding_window_probabilities(
-    model: torch.nn.Module, volume: np.ndarray, window: Sequence[int], **kwargs
+    model: torch.nn.Module, volume: np.ndarray | torch.Tensor, window: Sequence[int], **kwargs
 ) -> torch.Tensor:
     """Softmax of ``model``'s final head over a ``C x d x h x w`` volume by weighted sliding windows (float32);
     keyword arguments as :func:`sliding_window_outputs`."""
@@ -296,7 +328,7 @@ def sliding_window_probabilities(
 @torch.inference_mode()
 def sliding_window_outputs(
     model: torch.nn.Module,
-    volume: np.ndarray,
+    volume: np.ndarray | torch.Tensor,
     window: Sequence[int],
     overlap: float = DEFAULT_OVERLAP,
     window_batch: int = 2,
@@ -307,6 +339,8 @@ def sliding_window_outputs(
     cancel: Callable[[], bool] | None = None,
     autocast: torch.dtype | None = None,
     stages: bool = False,
+    channels_last: bool = False,
+    fixed_batch: bool = False,
 ) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
     """Softmax of ``model``'s final head over a ``C x d x h x w`` volume by weighted sliding windows (float32) and,
     with ``stages``, each LDL stage's ``(region, K x grid)`` distribution stitched on its own grid (coarsest first;
@@ -315,10 +349,13 @@ def sliding_window_outputs(
     Volumes smaller than the window are padded evenly on both sides (with 0, or the volume's minimum for
     ``pad_value="min"``), so the windows of a mirrored volume are the mirrored windows. ``autocast`` runs the
     network in that dtype (:func:`cldl.precision.autocast_dtype`); softmax and accumulation stay float32.
+    ``channels_last`` feeds the network channels-last 3D batches; ``fixed_batch`` pads the last batch of windows to
+    ``window_batch`` (repeating its last window) so that every call has the same shape (for compiled networks).
     """
     device = next(model.parameters()).device
     window = tuple(int(w) for w in window)
-    image = torch.from_numpy(np.ascontiguousarray(volume)).to(device)
+    image = volume if isinstance(volume, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(volume))
+    image = image.to(device)
     shape = tuple(image.shape[1:])
     pad = [max(0, w - s) for s, w in zip(shape, window)]
     before = [p // 2 for p in pad]
@@ -341,7 +378,12 @@ def sliding_window_outputs(
         slices = [
             tuple(slice(s, s + w) for s, w in zip(start, window)) for start in starts[first : first + window_batch]
         ]
-        batch = torch.stack([image[(slice(None),) + sl] for sl in slices])
+        windows = [image[(slice(None),) + sl] for sl in slices]
+        if fixed_batch:
+            windows += windows[-1:] * (window_batch - len(windows))
+        batch = torch.stack(windows)
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last_3d)
         probs, stage_probs = _mirrored_softmax(model, batch, flips, autocast, stages)
         if accumulated is None:
             accumulated = torch.zeros((probs.shape[1], *padded), dtype=torch.float32, device=device)
@@ -397,4 +439,15 @@ def segment_files(
     return prediction, geometry, predictor
 
 
-_PREDICTOR_ARGS = ("device", "overlap", "window_batch", "tta", "gaussian", "memory_limit_gb", "precision")
+_PREDICTOR_ARGS = (
+    "device",
+    "overlap",
+    "window_batch",
+    "tta",
+    "gaussian",
+    "memory_limit_gb",
+    "precision",
+    "channels_last",
+    "compile",
+    "normalise_on_device",
+)
