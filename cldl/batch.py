@@ -2,14 +2,17 @@
 
 ``cldl segment -i DATASET_DIR -o OUTPUT_DIR`` takes any layout :func:`cldl.data.datasets.detect_dataset` knows and
 writes ``OUTPUT_DIR/<case>.nii.gz`` per case (and, when asked, ``<case>.nii.gz`` in the uncertainty and probability
-folders). A case counts as finished when every requested output of it exists: outputs are written together and
-atomically (:mod:`cldl.atomic`), so an existing file is a complete one, and a re-run skips finished cases. A case
-that cannot be read or segmented is reported and the others go on; the command then exits 1.
+folders, and the region maps of ``--ldl-maps DIR`` into ``DIR/<case>/``, named as one case's ``--ldl-maps`` names
+them, plus ``ldl_maps.json`` listing them). A case counts as finished when every requested output of it exists:
+outputs are written together and atomically (:mod:`cldl.atomic`), so an existing file is a complete one, and the
+region maps' list is renamed into place after the maps it lists; a re-run skips finished cases. A case that cannot
+be read or segmented is reported and the others go on; the command then exits 1.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -20,10 +23,12 @@ import numpy as np
 from .atomic import atomic_outputs
 from .data.datasets import CaseFiles, discover_cases, read_case
 from .events import Reporter
-from .infer import Predictor
+from .infer import Prediction, Predictor
 from .io import Geometry, write_labels, write_unit_interval
+from .stage_maps import write_stage_maps
 
 CASE_ERRORS = (ValueError, OSError, RuntimeError)
+MAPS_LIST = "ldl_maps.json"  # in each case's region-map folder: the maps it holds, written after them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,16 +38,35 @@ class FolderOutputs:
     labels: Path
     uncertainty: Path | None = None
     probabilities: Path | None = None
+    ldl_maps: Path | None = None  # region maps go into ldl_maps/<case>/
+
+    def folders(self) -> list[Path]:
+        """Every output folder given."""
+        return [f for f in (self.labels, self.uncertainty, self.probabilities, self.ldl_maps) if f is not None]
 
     def files(self, case_id: str) -> list[Path]:
-        """The output files of one case."""
+        """The image files of one case (label map first), without its region maps."""
         return [
             folder / f"{case_id}.nii.gz" for folder in (self.labels, self.uncertainty, self.probabilities) if folder
         ]
 
+    def maps_folder(self, case_id: str) -> Path | None:
+        """The folder of one case's region maps (None: not asked for)."""
+        return None if self.ldl_maps is None else self.ldl_maps / case_id
+
     def finished(self, case_id: str) -> bool:
-        """True when every output of the case exists (written atomically: present means complete)."""
-        return all(path.is_file() for path in self.files(case_id))
+        """True when every output of the case exists (written atomically: present means complete), the region
+        maps included when asked for: their list exists and every map it names."""
+        if not all(path.is_file() for path in self.files(case_id)):
+            return False
+        folder = self.maps_folder(case_id)
+        if folder is None:
+            return True
+        try:
+            listed = json.loads((folder / MAPS_LIST).read_text(encoding="utf-8"))["maps"]
+            return bool(listed) and all((folder / entry["path"]).is_file() for entry in listed)
+        except (OSError, ValueError, KeyError, TypeError):  # no list yet, or not one this code wrote
+            return False
 
 
 def _read(case: CaseFiles, predictor: Predictor) -> tuple[np.ndarray, Geometry]:
@@ -53,6 +77,30 @@ def _read(case: CaseFiles, predictor: Predictor) -> tuple[np.ndarray, Geometry]:
     return images, geometry
 
 
+def _write_case(
+    predictor: Predictor,
+    prediction: Prediction,
+    geometry: Geometry,
+    outputs: FolderOutputs,
+    case_id: str,
+) -> None:
+    """Write every output of one case, all or none (see :mod:`cldl.atomic`)."""
+    targets = outputs.files(case_id)
+    maps = outputs.maps_folder(case_id)
+    with atomic_outputs() as staged:
+        write_labels(prediction.labels, geometry, staged.path(targets[0]), predictor.task)
+        rest = iter(targets[1:])
+        if outputs.uncertainty is not None:
+            write_unit_interval(prediction.uncertainty, geometry, staged.path(next(rest)))
+        if outputs.probabilities is not None:
+            write_unit_interval(prediction.probabilities, geometry, staged.path(next(rest)))
+        if maps is not None:
+            entries = write_stage_maps(prediction.stage_maps, predictor.task, geometry, maps, staged)
+            listed = [{**entry, "path": Path(entry["path"]).name} for entry in entries]
+            document = {"case": case_id, "interpolation": prediction.stage_maps.interpolation, "maps": listed}
+            staged.path(maps / MAPS_LIST).write_text(json.dumps(document, indent=1), encoding="utf-8")  # renamed last
+
+
 def segment_folder(
     predictor: Predictor,
     dataset: Path,
@@ -60,18 +108,20 @@ def segment_folder(
     reporter: Reporter | None = None,
     uncertainty: str = "entropy",
     overwrite: bool = False,
+    ldl_interpolation: str = "nearest",
 ) -> dict[str, Any]:
     """Segment every case of a dataset folder; returns counts, per-case seconds and errors."""
     reporter = reporter or Reporter("none")
+    if outputs.ldl_maps is not None and predictor.checkpoint.model_config.ldl_stages == 0:
+        raise ValueError("--ldl-maps: this model has no LDL stages (a plain U-Net), so it has no region maps")
     cases = discover_cases(dataset, predictor.task)
     inputs = {path.resolve() for case in cases for path in case.files}
-    for folder in (outputs.labels, outputs.uncertainty, outputs.probabilities):
-        if folder is not None:
-            if folder.exists() and not folder.is_dir():
-                raise NotADirectoryError(f"{folder} exists and is not a folder (folder mode writes one file per case)")
-            if folder.resolve() == dataset.resolve():
-                raise ValueError(f"{folder}: the output folder must not be the dataset folder")
-            folder.mkdir(parents=True, exist_ok=True)
+    for folder in outputs.folders():
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{folder} exists and is not a folder (folder mode writes one file per case)")
+        if folder.resolve() == dataset.resolve():
+            raise ValueError(f"{folder}: the output folder must not be the dataset folder")
+        folder.mkdir(parents=True, exist_ok=True)
     todo = [case for case in cases if overwrite or not outputs.finished(case.case_id)]
     if len(todo) < len(cases):
         reporter.log(f"{len(cases) - len(todo)} of {len(cases)} case(s) already segmented in {outputs.labels}; skipped")
@@ -86,23 +136,18 @@ def segment_folder(
             )
             try:
                 images, geometry = current.result()
-                targets = outputs.files(case.case_id)
-                if any(path.resolve() in inputs for path in targets):
+                if any(path.resolve() in inputs for path in outputs.files(case.case_id)):
                     raise ValueError(f"an output of case {case.case_id} would replace one of its inputs")
                 prediction = predictor.predict(
                     images,
                     keep_probabilities=outputs.probabilities is not None,
                     uncertainty=uncertainty,
                     geometry=geometry,
+                    stage_maps=ldl_interpolation if outputs.ldl_maps is not None else None,
                 )
-                with atomic_outputs() as staged:
-                    write_labels(prediction.labels, geometry, staged.path(targets[0]), predictor.task)
-                    rest = iter(targets[1:])
-                    if outputs.uncertainty is not None:
-                        write_unit_interval(prediction.uncertainty, geometry, staged.path(next(rest)))
-                    if outputs.probabilities is not None:
-                        write_unit_interval(prediction.probabilities, geometry, staged.path(next(rest)))
+                _write_case(predictor, prediction, geometry, outputs, case.case_id)
             except CASE_ERRORS as exc:
+                _remove_if_empty(outputs.maps_folder(case.case_id))
                 text = str(exc).strip()
                 message = f"case {case.case_id}: {text.splitlines()[0] if text else type(exc).__name__}"
                 errors.append({"case": case.case_id, "message": message})
@@ -119,3 +164,9 @@ def segment_folder(
         "errors": errors,
         "seconds": seconds,
     }
+
+
+def _remove_if_empty(folder: Path | None) -> None:
+    """Remove a case's region-map folder that staging created but a failure left empty."""
+    if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()

@@ -59,9 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment one case, or every case of a dataset folder",
         description="Segment one case given one image per modality, in the model's order; or, given one dataset "
         "folder (any layout `cldl datasets check` recognises), every case into an output folder "
-        "(OUTPUT/<case>.nii.gz; --uncertainty/--probabilities then name folders too). Folder runs load the model "
-        "once, read the next case while one runs, skip cases already done (unless --overwrite), and report a "
-        "case that fails without stopping the others (exit status 1).",
+        "(OUTPUT/<case>.nii.gz; --uncertainty/--probabilities then name folders too, and --ldl-maps DIR writes "
+        "each case's region maps into DIR/<case>/). Folder runs load the model once, read the next case while one "
+        "runs, skip cases whose outputs (region maps included, when asked for) are all there (unless "
+        "--overwrite), and report a case that fails without stopping the others (exit status 1).",
     )
     seg.add_argument("--model", default=None, help="registry name or checkpoint path (default: the default model)")
     seg.add_argument(
@@ -96,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="also write the network's own label distributions into DIR: per LDL stage (8, 4, 2 voxel regions) the "
         "region ambiguity (normalised entropy) and each class's fraction, e.g. region_ambiguity_2mm.nii.gz, "
-        "ET_proportion_4mm.nii.gz (0..1)",
+        "ET_proportion_4mm.nii.gz (0..1); with a dataset folder as input, per case into DIR/<case>/ with a list "
+        "of them, ldl_maps.json",
     )
     seg.add_argument(
         "--ldl-interpolation",
@@ -370,8 +372,6 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
 
     folder_mode = len(args.images) == 1 and _is_dataset_folder(args.images[0])
     outputs = [p for p in (args.output, args.uncertainty, args.probabilities) if p is not None]
-    if folder_mode and args.ldl_maps is not None:
-        raise ValueError("--ldl-maps is written per case: segment the cases one at a time for region maps")
     if not folder_mode:
         _check_outputs(outputs, list(args.images), args.overwrite)
     started = time.perf_counter()
@@ -446,17 +446,27 @@ def _segment_folder(args: argparse.Namespace, predictor: object, reporter: Repor
     """``cldl segment -i DATASET_DIR -o OUTPUT_DIR``: every case, resumable; exit 1 if a case failed."""
     from .batch import FolderOutputs, segment_folder
 
-    outputs = FolderOutputs(args.output, args.uncertainty, args.probabilities)
+    outputs = FolderOutputs(args.output, args.uncertainty, args.probabilities, args.ldl_maps)
     summary = segment_folder(
-        predictor, args.images[0], outputs, reporter, uncertainty=args.uncertainty_map, overwrite=args.overwrite
+        predictor,
+        args.images[0],
+        outputs,
+        reporter,
+        uncertainty=args.uncertainty_map,
+        overwrite=args.overwrite,
+        ldl_interpolation=args.ldl_interpolation,
     )
     summary["seconds_total"] = round(time.perf_counter() - started, 2)
+    if args.ldl_maps is not None:
+        summary.update(ldl_maps=str(args.ldl_maps), ldl_interpolation=args.ldl_interpolation)
     reporter.emit("result", out=str(args.output), **summary)
     if reporter.mode != "jsonl":
         print(
             f"segmented {len(summary['segmented'])} of {summary['cases']} case(s) into {args.output} "
             f"({summary['skipped']} already done) in {summary['seconds_total']} s"
         )
+        if args.ldl_maps is not None:
+            print(f"  region maps in {args.ldl_maps}/<case>/")
     for error in summary["errors"]:
         print(f"cldl: error: {error['message']}", file=sys.stderr)
     return 1 if summary["errors"] else 0
