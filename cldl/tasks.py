@@ -105,6 +105,24 @@ class Task:
         return self.modalities == other.modalities and self.label_values == other.label_values
 
 
+MODALITY_ALIASES = {  # other names of the BraTS modalities (BraTS 2023+, MSD, nnU-Net conversions)
+    "flair": ("flair", "t2f", "t2flair", "t2-flair"),
+    "t1": ("t1", "t1n", "t1w", "t1-native"),
+    "t1ce": ("t1ce", "t1c", "t1gd", "t1-gd", "t1post", "t1-ce"),
+    "t2": ("t2", "t2w"),
+}
+
+
+def modality_aliases(task: Task) -> dict[str, str]:
+    """Lower-case name token -> task modality, including the built-in aliases of the BraTS modalities."""
+    table: dict[str, str] = {}
+    for modality in task.modalities:
+        for alias in (modality.lower(), *MODALITY_ALIASES.get(modality.lower(), ())):
+            table.setdefault(alias.lower(), modality)
+            table.setdefault(alias.lower().replace("-", ""), modality)
+    return table
+
+
 BRATS = Task(
     name="brats",
     modalities=("flair", "t1", "t1ce", "t2"),

@@ -42,7 +42,7 @@ from ..io import (
     read_labels,
     strip_image_suffix,
 )
-from ..tasks import BRATS, MMWHS_CT, MMWHS_MR, Task, get_task, task_from_dataset_json
+from ..tasks import BRATS, MMWHS_CT, MMWHS_MR, Task, get_task, modality_aliases, task_from_dataset_json
 from .preprocess import (
     InputError,
     PreprocessConfig,
@@ -59,12 +59,6 @@ CASE_LISTS = ("cases.csv", "cases.json")
 LABEL_LIKE_VALUES = 12  # an image with at most this many distinct integer values looks like a label map
 SAME_CONTRAST_CORRELATION = 0.99  # two modalities correlated above this look like the same contrast
 MIXUP_SAMPLE = 1 << 20  # voxels per channel the mix-up checks look at
-MODALITY_ALIASES = {  # other names of the BraTS modalities (BraTS 2023+, MSD, nnU-Net conversions)
-    "flair": ("flair", "t2f", "t2flair", "t2-flair"),
-    "t1": ("t1", "t1n", "t1w", "t1-native"),
-    "t1ce": ("t1ce", "t1c", "t1gd", "t1-gd", "t1post", "t1-ce"),
-    "t2": ("t2", "t2w"),
-}
 BRATS_2023_TOKENS = ("t2f", "t1n", "t1c", "t2w")
 MMWHS_STRAY = {421: 420}  # reported in some MM-WHS label files: a left-atrium voxel value off by one
 BRATS_LABEL_SYNONYMS = (  # substring of a (normalised) label name -> BraTS value; first match wins
@@ -150,21 +144,11 @@ def _norm(text: str) -> str:
     return " ".join(re.sub(r"[_\-./]", " ", text).split())
 
 
-def _aliases(task: Task) -> dict[str, str]:
-    """Lower-case token -> task modality, including the built-in aliases of the BraTS modalities."""
-    table: dict[str, str] = {}
-    for modality in task.modalities:
-        for alias in (modality.lower(), *MODALITY_ALIASES.get(modality.lower(), ())):
-            table.setdefault(alias.lower(), modality)
-            table.setdefault(alias.lower().replace("-", ""), modality)
-    return table
-
-
 def modality_from_name(path: str | Path, task: Task) -> str | None:
     """The task modality a file name ends with (``..._t1ce.nii.gz``, ``...-t1c.nrrd``, ``T2.mha``), or None."""
     stem = _strip(Path(path).name)
     token = re.split(r"[_\-. ]", stem)[-1].lower()
-    return _aliases(task).get(token)
+    return modality_aliases(task).get(token)
 
 
 def check_modality_order(paths: list[str | Path], task: Task) -> None:
@@ -231,7 +215,7 @@ def check_mixups(images: np.ndarray, names: Sequence[str]) -> None:
 
 def _channel_order(names: dict[int, str], task: Task) -> tuple[tuple[int, ...] | None, str]:
     """Channel index of each task modality from ``dataset.json`` channel names (None if they do not match)."""
-    table = _aliases(task)
+    table = modality_aliases(task)
     by_modality: dict[str, int] = {}
     for index, name in names.items():
         key = _norm(name).replace(" ", "")
@@ -300,7 +284,7 @@ def _dataset_json_channels(data: dict[str, Any]) -> dict[int, str]:
 
 def _per_modality(root: Path, task: Task) -> Dataset | None:
     """``<case>_<modality>`` files grouped by folder and case (BraTS and similar)."""
-    table = _aliases(task)
+    table = modality_aliases(task)
     groups: dict[tuple[Path, str], dict[str, Path]] = {}
     used_2023 = False
     for path in _image_files(root):
@@ -549,12 +533,12 @@ def _case_list(path: Path, task: Task | None) -> Dataset:
     columns = {k.lower() for r in rows for k in r}
     columns |= {str(k).lower() for r in rows if isinstance(r.get("images"), dict) for k in r["images"]}
     if task is None:
-        table = _aliases(BRATS)
+        table = modality_aliases(BRATS)
         if {table[c] for c in columns if c in table} == set(BRATS.modalities):
             task = BRATS
         else:
             raise InputError(f"{path}: cannot tell the task from the columns {sorted(columns)}; pass --task")
-    table = _aliases(task)
+    table = modality_aliases(task)
     cases, problems = [], []
     for number, row in enumerate(rows, start=1):
         row = {str(k).lower(): v for k, v in row.items()}
