@@ -91,9 +91,9 @@ def test_cpu_precision_benchmark_quick(tmp_path: Path) -> None:
             str(json_path),
         ]
     )
-    assert "speed-up bf16 / fp32" in out and "labels equal inside the brain" in out
+    assert "bf16-channels-last: " in out and "x fp32)" in out and "labels equal inside the brain" in out
     figures = json.loads(json_path.read_text())
-    assert set(figures["best"]) == {"fp32", "bf16"}
+    assert set(figures["best"]) == {"fp32", "bf16", "bf16-channels-last"}
     assert figures["agreement"][0]["label_agreement"] > 0.99
 
 

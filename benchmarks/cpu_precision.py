@@ -1,8 +1,9 @@
 """CPU inference in bf16 against fp32: speed of the full network on a BraTS-sized case, and agreement of the outputs.
 
 Speed: the full-size network (21.7 M parameters, base width 30, random weights, 128^3 windows) segments one
-4 x 155 x 240 x 240 phantom with ``--precision fp32`` and ``bf16``; each run is a separate child process (its own
-peak RSS), the two alternate (``--repeats``) and the fastest of each is compared. bf16 is only fast on CPUs with
+4 x 155 x 240 x 240 phantom with ``--precision fp32``, ``bf16`` and bf16 with channels-last 3D windows; each run is
+a separate child process (its own peak RSS), the variants alternate (``--repeats``) and the fastest of each is
+compared. bf16 is only fast on CPUs with
 native bf16 (AVX512-BF16 or AMX); ``auto`` picks it only there (the machine line says what this CPU has).
 
 Safety: a trained model (default: the bundled default model) segments held-out anatomy-based cases (seeds 50000..)
@@ -38,19 +39,24 @@ FULL = {"shape": (155, 240, 240), "width": 30, "window": 128}
 QUICK = {"shape": (40, 64, 56), "width": 4, "window": 32}
 
 
-def child(precision: str, checkpoint: str, images_path: str) -> None:
+VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16-channels-last": ("bf16", True)}
+"""Speed variants: name -> (precision, channels-last windows)."""
+
+
+def child(variant: str, checkpoint: str, images_path: str) -> None:
     """One timed prediction in this (fresh) process."""
     import time
 
     images = np.load(images_path)
-    predictor = Predictor(checkpoint, device="cpu", precision=precision)
+    precision, channels_last = VARIANTS[variant]
+    predictor = Predictor(checkpoint, device="cpu", precision=precision, channels_last=channels_last)
     started = time.perf_counter()
     predictor.predict(images)
     emit_result({"seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()})
 
 
 def speed(setup: dict, repeats: int, folder: Path) -> dict:
-    """Fastest fp32 and bf16 runs of the full pipeline on one case."""
+    """Fastest run of each variant of the full pipeline on one case."""
     torch.manual_seed(0)
     config = ModelConfig(in_channels=4, num_classes=4, base_width=setup["width"])
     model = UNetLDL(config)
@@ -60,10 +66,10 @@ def speed(setup: dict, repeats: int, folder: Path) -> dict:
     )
     images = folder / "images.npy"
     np.save(images, brats_phantom(5, shape=setup["shape"]).images)
-    runs: dict[str, list[dict]] = {"fp32": [], "bf16": []}
+    runs: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
     for _ in range(repeats):
-        for precision in runs:
-            runs[precision].append(run_child([__file__, "--child", precision, str(checkpoint), str(images)]))
+        for variant in runs:
+            runs[variant].append(run_child([__file__, "--child", variant, str(checkpoint), str(images)]))
     best = {p: min(r, key=lambda x: x["seconds"]) for p, r in runs.items()}
     return {"parameters": count_parameters(model), "runs": runs, "best": best}
 
@@ -106,7 +112,7 @@ def main() -> int:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--quick", action="store_true", help="tiny network and case (seconds; for CI)")
     parser.add_argument("--json", help="also write the figures here")
-    parser.add_argument("--child", nargs=3, metavar=("PRECISION", "CKPT", "IMAGES"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("VARIANT", "CKPT", "IMAGES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
@@ -118,9 +124,9 @@ def main() -> int:
         figures = speed(setup, 1 if args.quick else args.repeats, Path(folder))
     best = figures["best"]
     print(f"network: {figures['parameters']:,} parameters, window {setup['window']}^3, case {setup['shape']}")
-    for precision, run in best.items():
-        print(f"  {precision}: {run['seconds']:.1f} s, peak RSS {run['peak_rss_mb'] / 1024:.2f} GiB")
-    print(f"  speed-up bf16 / fp32: {best['fp32']['seconds'] / best['bf16']['seconds']:.2f}x")
+    for variant, run in best.items():
+        speedup, peak_gb = best["fp32"]["seconds"] / run["seconds"], run["peak_rss_mb"] / 1024
+        print(f"  {variant}: {run['seconds']:.1f} s ({speedup:.2f}x fp32), peak RSS {peak_gb:.2f} GiB")
     rows = agreement(args.model, 1 if args.quick else args.cases, args.quick)
     figures["agreement"] = rows
     print(f"agreement on {len(rows)} held-out anatomy-based case(s), model {args.model}:")
