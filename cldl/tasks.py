@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,10 +114,11 @@ MODALITY_ALIASES = {  # other names of the BraTS modalities (BraTS 2023+, MSD, n
 }
 
 
-def modality_aliases(task: Task) -> dict[str, str]:
-    """Lower-case name token -> task modality, including the built-in aliases of the BraTS modalities."""
+def modality_aliases(modalities: Sequence[str]) -> dict[str, str]:
+    """Lower-case name token -> modality (of a task's ``modalities``), including the built-in aliases of the BraTS
+    modalities."""
     table: dict[str, str] = {}
-    for modality in task.modalities:
+    for modality in modalities:
         for alias in (modality.lower(), *MODALITY_ALIASES.get(modality.lower(), ())):
             table.setdefault(alias.lower(), modality)
             table.setdefault(alias.lower().replace("-", ""), modality)

@@ -148,7 +148,7 @@ def modality_from_name(path: str | Path, task: Task) -> str | None:
     """The task modality a file name ends with (``..._t1ce.nii.gz``, ``...-t1c.nrrd``, ``T2.mha``), or None."""
     stem = _strip(Path(path).name)
     token = re.split(r"[_\-. ]", stem)[-1].lower()
-    return modality_aliases(task).get(token)
+    return modality_aliases(task.modalities).get(token)
 
 
 def check_modality_order(paths: list[str | Path], task: Task) -> None:
@@ -215,7 +215,7 @@ def check_mixups(images: np.ndarray, names: Sequence[str]) -> None:
 
 def _channel_order(names: dict[int, str], task: Task) -> tuple[tuple[int, ...] | None, str]:
     """Channel index of each task modality from ``dataset.json`` channel names (None if they do not match)."""
-    table = modality_aliases(task)
+    table = modality_aliases(task.modalities)
     by_modality: dict[str, int] = {}
     for index, name in names.items():
         key = _norm(name).replace(" ", "")
@@ -284,7 +284,7 @@ def _dataset_json_channels(data: dict[str, Any]) -> dict[int, str]:
 
 def _per_modality(root: Path, task: Task) -> Dataset | None:
     """``<case>_<modality>`` files grouped by folder and case (BraTS and similar)."""
-    table = modality_aliases(task)
+    table = modality_aliases(task.modalities)
     groups: dict[tuple[Path, str], dict[str, Path]] = {}
     used_2023 = False
     for path in _image_files(root):
@@ -533,12 +533,12 @@ def _case_list(path: Path, task: Task | None) -> Dataset:
     columns = {k.lower() for r in rows for k in r}
     columns |= {str(k).lower() for r in rows if isinstance(r.get("images"), dict) for k in r["images"]}
     if task is None:
-        table = modality_aliases(BRATS)
+        table = modality_aliases(BRATS.modalities)
         if {table[c] for c in columns if c in table} == set(BRATS.modalities):
             task = BRATS
         else:
             raise InputError(f"{path}: cannot tell the task from the columns {sorted(columns)}; pass --task")
-    table = modality_aliases(task)
+    table = modality_aliases(task.modalities)
     cases, problems = [], []
     for number, row in enumerate(rows, start=1):
         row = {str(k).lower(): v for k, v in row.items()}
