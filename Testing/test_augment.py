@@ -1,11 +1,27 @@
-"""Patch augmentation: presets, exact geometry of the spatial transform, label integrity, reproducibility."""
+"""Patch augmentation: presets, exact geometry of the spatial transform, label integrity, reproducibility, and the
+split into drawing a plan (prefetch thread) and applying it (any device)."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
+import torch
 
-from cldl.data.augment import AUGMENT_PRESETS, intensity_augment, preset, spatial_matrix, transformed_patch
+from cldl.data.augment import (
+    AUGMENT_PRESETS,
+    Augmentation,
+    PlannedBatch,
+    PlannedPatch,
+    apply_intensity,
+    draw_intensity,
+    intensity_augment,
+    preset,
+    spatial_matrix,
+    transformed_patch,
+)
 from cldl.data.phantoms import brats_phantom
 from cldl.data.preprocess import PreprocessConfig, preprocess
 from cldl.tasks import BRATS
@@ -97,3 +113,103 @@ def test_nnunet_sampler_stream_is_reproducible_and_resumable() -> None:
     again = b.sample(2)
     assert np.array_equal(expected[0].numpy(), again[0].numpy())
     assert set(np.unique(again[1].numpy())) <= {0, 1, 2, 3}
+
+
+def _prepared(shape: tuple[int, int, int] = (48, 48, 48)):
+    case = brats_phantom(0, shape=shape)
+    return preprocess(case.images, PreprocessConfig(), BRATS.modalities, BRATS.labels_to_classes(case.labels))
+
+
+def test_the_nnunet_stream_is_the_one_recorded_before_the_split() -> None:
+    """Figures of the stream as drawn before augmentation was split into plan and apply (commit 61aa82a): the
+    numpy state after 12 batches pins every draw's order and count; the sums pin the patches (float rounding)."""
+    a = PatchSampler([_prepared()], (32, 32, 32), 0.5, 0.5, seed=3, augment="nnunet")
+    x_sum, y_sum = 0.0, 0
+    for _ in range(12):
+        x, y = a.sample(2)
+        x_sum += float(x.double().abs().sum())
+        y_sum += int(y.sum())
+    assert a.rng.bit_generator.state["state"]["state"] == 228289708149583376211798671277960385502
+    assert x_sum == pytest.approx(1804113.7164548119, rel=1e-6)
+    assert abs(y_sum - 49668) <= 20  # a nearest-neighbour tie may round the other way on another platform
+    b = PatchSampler([_prepared()], (32, 32, 32), 0.5, 0.5, seed=3, augment="nnunet", deferred=True)
+    plans = [p for _ in range(12) for p in b.sample(2).patches]
+    assert b.rng.bit_generator.state == a.rng.bit_generator.state
+    drawn = [
+        any(p.matrix is not None for p in plans),
+        any(p.intensity.noise is not None for p in plans),
+        any(p.intensity.blur for p in plans),
+        any(p.intensity.brightness is not None for p in plans),
+        any(p.intensity.contrast for p in plans),
+        any(p.intensity.low_res for p in plans),
+        any(p.intensity.gamma_inverted for p in plans),
+        any(p.intensity.gamma for p in plans),
+        any(p.flips for p in plans),
+    ]
+    assert all(drawn)  # every transform occurs in these 24 patches
+
+
+@pytest.mark.parametrize("name", AUGMENT_PRESETS)
+def test_a_plan_applied_later_gives_the_prefetch_patch(name: str) -> None:
+    cases = [_prepared(), _prepared((40, 56, 30))]
+    now = PatchSampler(cases, (32, 32, 16), 0.5, 0.5, seed=5, pad_value=-1.0, augment=name)
+    later = PatchSampler(cases, (32, 32, 16), 0.5, 0.5, seed=5, pad_value=-1.0, augment=name, deferred=True)
+    for _ in range(8):
+        x, y = now.sample(2)
+        planned = later.sample(2)
+        assert isinstance(planned, PlannedBatch)
+        assert later.rng.bit_generator.state == now.rng.bit_generator.state
+        x_later, y_later = planned.apply("cpu")
+        assert x_later.dtype == x.dtype == torch.float32 and y_later.dtype == y.dtype == torch.int64
+        assert x_later.shape == x.shape == (2, 4, 32, 32, 16) and y_later.shape == y.shape
+        torch.testing.assert_close(x_later, x, rtol=1e-6, atol=1e-6)
+        assert torch.equal(y_later, y)
+
+
+def _everything(flip_prob: float = 1.0) -> Augmentation:
+    """Every intensity transform on every channel, always."""
+    return Augmentation(
+        flip_prob=flip_prob,
+        p_noise=1.0,
+        p_blur=1.0,
+        p_brightness=1.0,
+        p_contrast=1.0,
+        p_low_res=1.0,
+        p_gamma=1.0,
+        p_gamma_inverted=1.0,
+        p_per_channel=1.0,
+    )
+
+
+def test_applying_a_plan_moves_labels_and_never_changes_them() -> None:
+    images, labels = _volume(4)
+    crop = np.ascontiguousarray(images[:, :16, :16, :16]), np.ascontiguousarray(labels[:16, :16, :16])
+    intensity = draw_intensity(np.random.default_rng(0), _everything(), crop[0].shape)
+    for flips in ((), (0,), (1, 2), (0, 1, 2)):
+        patch = PlannedPatch(torch.from_numpy(crop[0].copy()), torch.from_numpy(crop[1]), None, None, intensity, flips)
+        x, y = PlannedBatch((patch,), (16, 16, 16)).apply("cpu")
+        assert torch.equal(y[0], torch.from_numpy(np.flip(crop[1], flips).astype(np.int64)))
+        assert not np.allclose(x[0].numpy(), np.flip(crop[0], [a + 1 for a in flips]))
+    quarter = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=float)
+    source = torch.from_numpy(images[:, :24, :24, :24].copy()), torch.from_numpy(labels[:24, :24, :24].copy())
+    patch = PlannedPatch(*source, quarter, np.array([11.5, 11.5, 11.5]), intensity, (2,))
+    _, y = PlannedBatch((patch,), (16, 16, 16)).apply("cpu")
+    plain = labels[4:20, 4:20, 4:20]
+    assert any(torch.equal(y[0], torch.from_numpy(np.rot90(plain, k, axes=(1, 2))[..., ::-1].copy())) for k in (1, 3))
+
+
+def test_noise_is_drawn_into_the_plan_from_the_samplers_stream() -> None:
+    shape = (2, 16, 16, 16)
+    aug = dataclasses.replace(preset("nnunet"), p_noise=1.0)
+    rng = np.random.default_rng(9)
+    plan = draw_intensity(rng, aug, shape)
+    again = draw_intensity(np.random.default_rng(9), aug, shape)
+    assert plan.noise is not None and plan.noise.shape == shape and plan.noise.dtype == torch.float32
+    assert torch.equal(plan.noise, again.noise)
+    reference = np.random.default_rng(9)
+    reference.random()
+    sd = math.sqrt(reference.uniform(0, aug.noise_var))
+    assert np.array_equal(plan.noise.numpy(), reference.standard_normal(shape).astype(np.float32) * sd)
+    assert 0 < float(plan.noise.std()) <= aug.noise_var**0.5 * 1.1
+    base = torch.zeros(shape)
+    assert torch.equal(apply_intensity(base.clone(), plan), apply_intensity(base.clone(), again))

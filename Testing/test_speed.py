@@ -119,6 +119,35 @@ def test_patch_sampler_rank_zero_is_the_single_process_stream() -> None:
     assert not torch.equal(x, rank1.sample(2)[0])
 
 
+def test_augmenting_on_the_device_does_not_change_the_run(tmp_path: Path) -> None:
+    """nnU-Net augmentation applied by the training step (augment_on device) or in the prefetch thread: on CPU the
+    same ops on the same plans, so the same weights bit for bit (on a GPU: equal up to float rounding)."""
+    runs = {}
+    for where in ("prefetch", "device"):
+        trainer = Trainer(_config(augment="nnunet", augment_on=where), tmp_path / where, Reporter("none"))
+        assert trainer.augment_on == where
+        runs[where] = trainer.run()
+    assert runs["prefetch"]["weights_sha256"] == runs["device"]["weights_sha256"]
+    assert _metrics(tmp_path / "prefetch") == _metrics(tmp_path / "device")
+    assert Trainer(_config(), tmp_path / "auto", Reporter("none")).augment_on == "prefetch"  # auto on a CPU
+
+
+@pytest.mark.parametrize("first", ["device", "prefetch"])
+def test_a_run_augmented_on_the_device_resumes_exactly(tmp_path: Path, first: str) -> None:
+    straight = Trainer(_config(augment="nnunet"), tmp_path / "straight", Reporter("none")).run()
+    reporter = StopAt(epoch=1, done=1)
+    stopped = Trainer(
+        _config(augment="nnunet", augment_on=first),
+        tmp_path / "stopped",
+        reporter,
+        stop_requested=lambda: reporter.requested,
+    ).run()
+    assert stopped["stopped"] and stopped["stopped_at_iteration"] == 2  # mid-epoch, batches drawn ahead dropped
+    resumed = Trainer(_config(augment="nnunet", augment_on="device"), tmp_path / "stopped", Reporter("none"))
+    assert resumed.run(resume=True)["weights_sha256"] == straight["weights_sha256"]
+    assert _metrics(tmp_path / "stopped") == _metrics(tmp_path / "straight")
+
+
 def test_channels_last_training_matches_within_rounding(tmp_path: Path) -> None:
     plain = Trainer(_config(epochs=1, max_val_cases=0), tmp_path / "plain", Reporter("none")).run()
     fast = Trainer(_config(epochs=1, max_val_cases=0, channels_last=True), tmp_path / "cl", Reporter("none")).run()

@@ -1,7 +1,8 @@
 """Background batch production for training: the next batches are ready before the GPU asks for them.
 
 A thread (not a process) runs the patch sampler: its work is NumPy slicing, flipping and copying, which release
-the GIL, and a thread shares the in-memory dataset without copying it into workers. Each batch carries the
+the GIL, and a thread shares the in-memory dataset without copying it into workers. A batch is a pair of tensors,
+or a :class:`cldl.data.augment.PlannedBatch` (drawn here, augmented on the training device). Each batch carries the
 sampler's RNG state after it was drawn, so a checkpoint records the state after the last batch *used*, never
 after batches prefetched but not yet trained on: resuming continues with exactly the batches an uninterrupted run
 would have used, whatever the prefetch depth.
@@ -16,7 +17,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+from .data.augment import PlannedBatch
+
+Batch = tuple[torch.Tensor, torch.Tensor] | PlannedBatch
 
 
 class Sampler(Protocol):
@@ -52,9 +55,9 @@ class BatchPrefetcher:
         if batch_size != self.batch_size:
             raise ValueError(f"this prefetcher draws batches of {self.batch_size}, not {batch_size}")
         if self._thread is None:
-            x, y = self.sampler.sample(batch_size)
+            batch = self.sampler.sample(batch_size)
             self._state = self.sampler.rng.bit_generator.state
-            return (x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y)
+            return _pinned(batch) if self.pin_memory else batch
         while True:
             try:
                 item = self._queue.get(timeout=1.0)
@@ -64,8 +67,8 @@ class BatchPrefetcher:
                     raise RuntimeError("the batch prefetch thread stopped unexpectedly") from None
         if isinstance(item, BaseException):
             raise item
-        x, y, self._state = item
-        return x, y
+        batch, self._state = item
+        return batch
 
     def rng_state(self) -> dict[str, Any]:
         """The sampler's RNG state after the last batch returned by :meth:`sample` (what a checkpoint stores)."""
@@ -94,15 +97,23 @@ class BatchPrefetcher:
         """Thread body: draw, pin, queue; stop when asked; hand an exception over to :meth:`sample`."""
         try:
             while not self._stop.is_set():
-                x, y = self.sampler.sample(self.batch_size)
+                batch = self.sampler.sample(self.batch_size)
                 state = self.sampler.rng.bit_generator.state
                 if self.pin_memory:
-                    x, y = x.pin_memory(), y.pin_memory()
+                    batch = _pinned(batch)
                 while not self._stop.is_set():
                     try:
-                        self._queue.put((x, y, state), timeout=0.1)
+                        self._queue.put((batch, state), timeout=0.1)
                         break
                     except queue.Full:
                         continue
         except BaseException as exc:  # handed to the consumer, which raises it
             self._queue.put(exc)
+
+
+def _pinned(batch: Batch) -> Batch:
+    """``batch`` in page-locked memory, from which copies to a GPU run asynchronously."""
+    if isinstance(batch, PlannedBatch):
+        return batch.pin_memory()
+    x, y = batch
+    return x.pin_memory(), y.pin_memory()

@@ -26,7 +26,7 @@ import torch
 from . import __version__, defaults
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .curriculum import Curriculum, region_sizes
-from .data.augment import intensity_augment, spatial_matrix, transformed_patch
+from .data.augment import PlannedBatch, PlannedPatch, draw_intensity, source_region, spatial_matrix
 from .data.augment import preset as augment_preset
 from .data.cache import open_cache
 from .data.datasets import discover_cases, load_case, split_cases
@@ -55,6 +55,7 @@ from .tasks import Task, get_task
 
 FINAL_TARGETS = ("onehot", "gaussian")
 AMP_DTYPES = ("auto", "bf16", "fp16")
+AUGMENT_ON = ("auto", "prefetch", "device")
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -100,6 +101,7 @@ class TrainConfig:
     prefetch: int = 2  # batches drawn ahead by a background thread (0: on demand); results do not depend on it
     channels_last: bool = False  # channels-last 3D memory format for the training step (GPU; measure first)
     compile: bool = False  # torch.compile the training step's network (slow first steps while it compiles)
+    augment_on: str = "auto"  # where patches are augmented: prefetch (thread) | device (training device) | auto
     cudnn_benchmark: bool = True  # let cuDNN time and pick the fastest convolution algorithms (GPU)
     preprocess: dict[str, Any] = field(default_factory=dict)  # PreprocessConfig keys, e.g. target_spacing
     cache: str | None = "auto"  # preprocessed-case cache: "auto" ($CLDL_DATA_CACHE or ~/.cache/cldl), a folder, null
@@ -123,6 +125,8 @@ class TrainConfig:
             raise ValueError(f"empty_regions must be one of {list(EMPTY_RULES)} and et_min_voxels >= 0")
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
+        if self.augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on must be one of {list(AUGMENT_ON)}, got {self.augment_on!r}")
         unknown = sorted(set(self.model) - set(ModelConfig.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown model keys {unknown}; valid keys: {sorted(ModelConfig.__dataclass_fields__)}")
@@ -218,7 +222,9 @@ class PatchSampler:
     """Seeded random patches with optional foreground-centred crops and augmentation (:mod:`cldl.data.augment`).
 
     ``rank`` > 0 (another process of a multi-process run) draws its own stream from ``(seed, rank)``; rank 0 draws
-    the single-process stream, so a one-process run is unchanged.
+    the single-process stream, so a one-process run is unchanged. ``deferred``: :meth:`sample` returns the drawn
+    batch unaugmented (:class:`cldl.data.augment.PlannedBatch`) for the training device to augment; the random
+    draws, and so the patches, are the same either way.
     """
 
     def __init__(
@@ -231,8 +237,10 @@ class PatchSampler:
         pad_value: float = 0.0,
         rank: int = 0,
         augment: str = "paper",
+        deferred: bool = False,
     ) -> None:
         self.patch = patch
+        self.deferred = deferred
         self.fg_rate = fg_rate
         self.augmentation = augment_preset(augment, flip_prob)
         self.pad_value = pad_value
@@ -252,36 +260,42 @@ class PatchSampler:
             self.labels.append(labels)
             self.foreground.append(np.flatnonzero(labels.ravel()))
 
-    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch ``(B x C x P^3 float32, B x P^3 int64)``."""
-        xs, ys = [], []
-        for _ in range(batch_size):
-            index = int(self.rng.integers(len(self.images)))
-            images, labels = self.images[index], self.labels[index]
-            shape = labels.shape
-            use_fg = self.fg_rate > 0 and len(self.foreground[index]) and self.rng.random() < self.fg_rate
-            if use_fg:
-                centre = np.unravel_index(self.foreground[index][self.rng.integers(len(self.foreground[index]))], shape)
-                start = [int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, self.patch, shape)]
-            else:
-                start = [int(self.rng.integers(s - p + 1)) for s, p in zip(shape, self.patch)]
-            aug = self.augmentation
-            matrix = spatial_matrix(self.rng, aug) if aug.spatial else None
-            if matrix is None:
-                window = tuple(slice(a, a + p) for a, p in zip(start, self.patch))
-                x, y = images[(slice(None),) + window], labels[window]
-            else:
-                centre = np.array(start) + (np.array(self.patch) - 1) / 2
-                x, y = transformed_patch(images, labels, centre, self.patch, matrix, self.pad_value)
-            if aug.p_noise or aug.p_blur or aug.p_brightness or aug.p_contrast or aug.p_low_res or aug.p_gamma:
-                x = intensity_augment(self.rng, x, aug)
-            flips = [axis for axis in range(3) if self.rng.random() < aug.flip_prob]
-            if flips:
-                x = np.flip(x, axis=[a + 1 for a in flips])
-                y = np.flip(y, axis=flips)
-            xs.append(np.ascontiguousarray(x))
-            ys.append(np.ascontiguousarray(y))
-        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys).astype(np.int64))
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | PlannedBatch:
+        """A batch ``(B x C x P^3 float32, B x P^3 int64)``; with ``deferred`` its :class:`PlannedBatch`, whose
+        ``apply(device)`` gives the same batch augmented on that device."""
+        batch = PlannedBatch(tuple(self._plan() for _ in range(batch_size)), self.patch, self.pad_value)
+        return batch if self.deferred else batch.apply()
+
+    def _plan(self) -> PlannedPatch:
+        """Draw one patch: case, position, then its augmentation (the order of draws exact resume relies on)."""
+        index = int(self.rng.integers(len(self.images)))
+        images, labels = self.images[index], self.labels[index]
+        shape = labels.shape
+        use_fg = self.fg_rate > 0 and len(self.foreground[index]) and self.rng.random() < self.fg_rate
+        if use_fg:
+            centre = np.unravel_index(self.foreground[index][self.rng.integers(len(self.foreground[index]))], shape)
+            start = [int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, self.patch, shape)]
+        else:
+            start = [int(self.rng.integers(s - p + 1)) for s, p in zip(shape, self.patch)]
+        aug = self.augmentation
+        matrix = spatial_matrix(self.rng, aug) if aug.spatial else None
+        centre = None
+        if matrix is None:
+            region = tuple(slice(a, a + p) for a, p in zip(start, self.patch))
+        else:
+            centre = np.array(start) + (np.array(self.patch) - 1) / 2
+            region = source_region(shape, centre, self.patch, matrix)
+            centre = centre - np.array([s.start for s in region])
+        intensity = draw_intensity(self.rng, aug, (images.shape[0], *self.patch)) if aug.intensity else None
+        flips = tuple(axis for axis in range(3) if self.rng.random() < aug.flip_prob)
+        return PlannedPatch(
+            torch.from_numpy(np.array(images[(slice(None),) + region], dtype=np.float32)),
+            torch.from_numpy(np.array(labels[region])),
+            matrix,
+            centre,
+            intensity,
+            flips,
+        )
 
 
 def load_dataset(
@@ -483,6 +497,8 @@ class Trainer:
             self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
         elif config.cpu_bf16 and self.device.type == "cpu" and cpu_has_native_bf16():
             self.amp_dtype = torch.bfloat16
+        cuda = self.device.type == "cuda"
+        self.augment_on = config.augment_on if config.augment_on != "auto" else ("device" if cuda else "prefetch")
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Train to ``config.epochs`` (continuing from ``last.pt`` with ``resume``); returns a summary.
@@ -541,6 +557,7 @@ class Trainer:
             pad_value,
             rank=ctx.rank,
             augment=config.augment,
+            deferred=self.augment_on == "device",
         )
         run = RunState(model, optimizer, scheduler, scaler, sampler, val_cases, train_ids, val_ids)
         if resume:
@@ -734,11 +751,14 @@ class Trainer:
         progress: float,
     ) -> dict[str, float]:
         """One optimisation step (on every rank); returns the loss parts as floats and sets ``stop_agreed``."""
-        x, y = sampler.sample(self.config.batch_size)
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        batch = sampler.sample(self.config.batch_size)
+        if isinstance(batch, PlannedBatch):  # augment_on "device": the drawn patches are augmented here
+            x, y = batch.apply(self.device)
+        else:
+            x, y = (t.to(self.device, non_blocking=True) for t in batch)
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        with torch.no_grad():
+        with torch.no_grad():  # the targets are built on the training device
             targets = rldl_targets(y, self.task.num_classes, self.regions)
             final_targets = (
                 gaussian_label_distribution(y, self.task.num_classes, self.config.final_sigma)
