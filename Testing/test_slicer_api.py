@@ -205,6 +205,14 @@ RECEIVERS: dict[str, dict[str, str]] = {
         "self._parameterNode.parameterNode": "vtkMRMLScriptedModuleNode",
     },
     "CLDLTraining.py": {},
+    "cases.py": {
+        "first": "vtkMRMLScalarVolumeNode",
+        "node": "vtkMRMLNode",
+        "reference": "vtkMRMLScalarVolumeNode",
+        "scene": "vtkMRMLScene",
+        "v": "vtkMRMLScalarVolumeNode",
+        "volume": "vtkMRMLScalarVolumeNode",
+    },
     "charts.py": {
         "column": "vtk.vtkDoubleArray",
         "scene": "vtkMRMLScene",

@@ -8,9 +8,11 @@
 - :mod:`.dependencies`: first-use installation of torch (PyTorch extension) and the rest (pip, after asking)
 - :mod:`.run`: :class:`EngineRun`, status / progress / polling / end of one engine run (segmentation, training)
 - :mod:`.panel`: the panel's decisions (input guessing, overlay updates) as plain functions
+- :mod:`.cases`: several loaded cases in a row: grouping volumes into cases by name, the queue that runs them
 - :mod:`.logic`: :class:`SegmentationLogic`, the whole run, blocking or not
 """
 
+from .cases import CaseQueue, LoadedCase, findLoadedCases
 from .logic import (
     DeviceChoice,
     PrecisionChoice,
@@ -27,9 +29,11 @@ from .segmentations import labelmapToSegmentation, markUncertainRegion
 
 __all__ = [
     "CancelledError",
+    "CaseQueue",
     "DeviceChoice",
     "PrecisionChoice",
     "JsonLinesProcess",
+    "LoadedCase",
     "ModelInfo",
     "OverlaySettings",
     "ProcessError",
@@ -40,6 +44,7 @@ __all__ = [
     "UncertaintyMapChoice",
     "defaultModel",
     "describeModel",
+    "findLoadedCases",
     "labelmapToSegmentation",
     "markUncertainRegion",
     "registryModels",

@@ -7,6 +7,8 @@ pass ``singleShot=qt.QTimer.singleShot`` to :class:`SegmentationLogic`); ``wait=
 >>> logic = SegmentationLogic()
 >>> result = logic.segment([flair, t1, t1ce, t2], wait=True)  # the engine registry's default model
 >>> result.segmentationNode, result.uncertaintyNode
+>>> queue = logic.segmentCases(findLoadedCases(scene, ("flair", "t1", "t1ce", "t2")), wait=True)  # every case
+>>> queue.summary(), queue.results()
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import slicer
 
 from cldl.defaults import OVERLAP
 
+from .cases import CaseQueue, CaseRun, LoadedCase
 from .models import ModelInfo, defaultModel, describeModel
 from .overlay import MAP_ATTRIBUTE, OVERLAY_ATTRIBUTE, OverlaySettings, showMap
 from .process import (
@@ -158,8 +161,10 @@ class SegmentationJob(EngineRun):
         onProgress: Callable[[float, str], None] | None = None,
         onLog: Callable[[str], None] | None = None,
         onFinished: Callable[[SegmentationJob], None] | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__(process, onProgress, onLog, onFinished)
+        self.name = name
         self.logic = logic
         self.inputs = inputs
         self.model = model
@@ -215,6 +220,7 @@ class SegmentationJob(EngineRun):
             outputSegmentation=self.outputSegmentation,
             summary=self.process.result() or {},
             show=self.show,
+            name=self.name,
         )
         self.status = "completed"
         self._report(1.0, f"done in {time.monotonic() - self.started:.1f} s")
@@ -262,13 +268,15 @@ class SegmentationLogic:
         onProgress: Callable[[float, str], None] | None = None,
         onLog: Callable[[str], None] | None = None,
         onFinished: Callable[[SegmentationJob], None] | None = None,
+        name: str | None = None,
         **optionValues: Any,
     ) -> SegmentationJob | SegmentationResult:
         """Segment ``inputs`` (one volume node per modality, in the model's order, or ``{modality: node}``).
 
         Options come as ``options=SegmentationOptions(...)`` or keywords (``device="cpu", tta=True,
         overlap=0.25, uncertaintyMap="entropy", keepProbabilities=True``). ``wait=True`` blocks and returns the
-        :class:`SegmentationResult` (raising on failure); otherwise a running :class:`SegmentationJob`.
+        :class:`SegmentationResult` (raising on failure); otherwise a running :class:`SegmentationJob`. The result
+        nodes are named after ``name`` (default: the first input's name), e.g. "<name> CLDL segmentation".
         """
         options = options or SegmentationOptions(**optionValues)
         info = model if isinstance(model, ModelInfo) else describeModel(str(model or defaultModel()), self.python)
@@ -313,6 +321,7 @@ class SegmentationLogic:
                 onProgress=onProgress,
                 onLog=onLog,
                 onFinished=onFinished,
+                name=name,
             )
             job._log(f"running {' '.join(str(a) for a in process.command[:5])} ... on {len(images)} input(s)")
             process.start()
@@ -325,6 +334,47 @@ class SegmentationLogic:
             schedulePolling(job.poll, self.singleShot)
         return job
 
+    def segmentCases(
+        self,
+        cases: Sequence[LoadedCase],
+        model: str | ModelInfo | None = None,
+        options: SegmentationOptions | None = None,
+        wait: bool = False,
+        show: bool = True,
+        onProgress: Callable[[float, str], None] | None = None,
+        onLog: Callable[[str], None] | None = None,
+        onCase: Callable[[CaseRun], None] | None = None,
+        onFinished: Callable[[CaseQueue], None] | None = None,
+        **optionValues: Any,
+    ) -> CaseQueue:
+        """Segment several cases (see :func:`~CLDLSegmentationLib.cases.findLoadedCases`) one after another, one
+        engine run each, with the same model and options; each case's nodes are named after it.
+
+        A case that fails is reported (``queue.failed()``) and the others go on; ``queue.cancel()`` stops the
+        running case and the rest. With ``show``, the first case to finish is shown in the slice views (the views
+        then stay on it while the others run). Returns the :class:`CaseQueue`, finished when ``wait=True``.
+        """
+        options = options or SegmentationOptions(**optionValues)
+        info = model if isinstance(model, ModelInfo) else describeModel(str(model or defaultModel()), self.python)
+
+        def start(case: LoadedCase, onCaseProgress, onCaseFinished) -> SegmentationJob:
+            if onLog is not None:
+                onLog(f"case {case.name}: {', '.join(node.GetName() for node in case.volumes.values())}")
+            return self.segment(
+                case.volumes,
+                model=info,
+                options=options,
+                show=show and not queue.results(),
+                onProgress=onCaseProgress,
+                onLog=onLog,
+                onFinished=onCaseFinished,
+                name=case.name,
+            )
+
+        queue = CaseQueue(cases, start, onProgress=onProgress, onCase=onCase, onFinished=onFinished)
+        queue.begin()
+        return queue.wait() if wait else queue
+
     def importResults(
         self,
         inputs: list,
@@ -334,11 +384,13 @@ class SegmentationLogic:
         outputSegmentation=None,
         summary: dict[str, Any] | None = None,
         show: bool = True,
+        name: str | None = None,
     ) -> SegmentationResult:
-        """Load the engine's files: label map -> segmentation, uncertainty and probabilities -> volumes."""
+        """Load the engine's files: label map -> segmentation, uncertainty and probabilities -> volumes (named
+        after ``name``, default the first input's name)."""
         scene = self.scene
         reference = inputs[0]
-        base = reference.GetName()
+        base = name or reference.GetName()
         task = model.task
         labelmap = importVolume(outputs["labelmap"], scene, f"{base} CLDL labels", labelmap=True)
         try:
