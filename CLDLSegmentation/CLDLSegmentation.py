@@ -21,6 +21,7 @@ from CLDLSegmentationLib import (
     markUncertainRegion,
     registryModels,
 )
+from CLDLSegmentationLib.cases import CASE_COLUMNS, caseRows, findLoadedCases
 from CLDLSegmentationLib.confidence import CONFIDENCE_COLUMNS, confidenceHeaderToolTips, confidenceRows, jumpToFocus
 from CLDLSegmentationLib.dependencies import (
     ensureDependencies,
@@ -138,6 +139,8 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shownOverlay = None
         self._infoProcess = None
         self._confidence = {}  # the last run's result event: the confidence table's rows
+        self._cases = []  # the loaded cases found for the chosen model (CLDLSegmentationLib.cases.LoadedCase)
+        self._queue = None  # the running or last CaseQueue
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -156,6 +159,8 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.markUncertainButton.connect("clicked(bool)", self.onMarkUncertain)
         self.ui.upgradeTorchButton.connect("clicked(bool)", self.onUpgradeTorch)
         self.ui.confidenceTable.connect("cellClicked(int,int)", self.onConfidenceCellClicked)
+        self.ui.findCasesButton.connect("clicked(bool)", self.onFindCases)
+        self.ui.segmentCasesButton.connect("clicked(bool)", self.onSegmentCases)
         self._fillConfidenceTable({})
 
         self.initializeParameterNode()
@@ -164,16 +169,22 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         if self._job is not None:
             self._job.cancel()
+        if self._queue is not None:
+            self._queue.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.onFindCases()
 
     def exit(self) -> None:
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        if self._queue is not None:
+            self._queue.cancel()  # the cases' volumes are going away
+        self._cases = []
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -254,6 +265,7 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         names = ", ".join(segmentNames(info.task)[1:])
         self.ui.modelInfoLabel.text = f"{info.description}\n" + _("Segments: {names}").format(names=names)
         self._buildInputSelectors(info.modalities)
+        self.onFindCases()
 
     def _buildInputSelectors(self, modalities) -> None:
         """One volume selector per modality the model expects, stored as parameter node references."""
@@ -311,9 +323,12 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _checkCanApply(self) -> None:
         running = self._job is not None and self._job.status == "running"
+        batch = self._queue is not None and self._queue.running
         ready = bool(self._inputSelectors) and all(s.currentNode() for s in self._inputSelectors.values())
-        self.ui.applyButton.enabled = running or (ready and self._currentModel() is not None)
+        self.ui.applyButton.enabled = running or (not batch and ready and self._currentModel() is not None)
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
+        self.ui.segmentCasesButton.enabled = batch or (not running and self._currentModel() is not None)
+        self.ui.segmentCasesButton.text = _("Cancel") if batch else _("Segment all cases")
         self.ui.markUncertainButton.enabled = bool(
             self._parameterNode and self._parameterNode.overlayVolume and self._parameterNode.outputSegmentation
         )
@@ -323,27 +338,38 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job.cancel()
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
-            ensureDependencies(requester="CLDL")
-            p = self._parameterNode
-            self.logic.overlaySettings = OverlaySettings(p.overlayOpacity, p.transparentBelow, p.showLegend)
-            self.ui.logTextEdit.clear()
-            self._fillConfidenceTable({})
+            self._prepareRun()
             self._job = self.logic.segment(
                 {m: s.currentNode() for m, s in self._inputSelectors.items()},
                 model=self._currentModel(),
-                device=p.device.value,
-                precision=p.precision.value,
-                tta=p.tta,
-                overlap=p.overlap,
-                uncertaintyMap=p.uncertaintyMap.value,
-                keepProbabilities=p.keepProbabilities,
-                ldlMaps=p.ldlMaps,
-                outputSegmentation=p.outputSegmentation,
+                outputSegmentation=self._parameterNode.outputSegmentation,
                 onProgress=self._onProgress,
                 onLog=self._log,
                 onFinished=self._onFinished,
+                **self._options(),
             )
             self._checkCanApply()
+
+    def _prepareRun(self) -> None:
+        """What every run needs first: the engine's packages, the overlay settings, an empty log and table."""
+        ensureDependencies(requester="CLDL")
+        p = self._parameterNode
+        self.logic.overlaySettings = OverlaySettings(p.overlayOpacity, p.transparentBelow, p.showLegend)
+        self.ui.logTextEdit.clear()
+        self._fillConfidenceTable({})
+
+    def _options(self) -> dict:
+        """The engine options chosen in the panel (keywords of SegmentationOptions)."""
+        p = self._parameterNode
+        return {
+            "device": p.device.value,
+            "precision": p.precision.value,
+            "tta": p.tta,
+            "overlap": p.overlap,
+            "uncertaintyMap": p.uncertaintyMap.value,
+            "keepProbabilities": p.keepProbabilities,
+            "ldlMaps": p.ldlMaps,
+        }
 
     def _onProgress(self, fraction: float, text: str) -> None:
         self.ui.progressBar.value = int(round(100 * fraction))
@@ -355,15 +381,81 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onFinished(self, job) -> None:
         self._checkCanApply()
         if job.status == "completed":
-            parameters = self._parameterNode or self.logic.getParameterNode()  # the user may have left the module
-            parameters.outputSegmentation = job.result.segmentationNode
-            self.ui.show3DButton.setSegmentationNode(job.result.segmentationNode)
-            parameters.overlayVolume = job.result.uncertaintyNode
-            self._fillConfidenceTable(job.result.summary)
+            self._showResult(job.result)
         elif job.status == "failed":
             self.ui.logCollapsibleButton.collapsed = False
             slicer.util.errorDisplay(
                 _("Segmentation failed: {error}").format(error=job.error), detailedText=job.process.stderr
+            )
+
+    def _showResult(self, result) -> None:
+        """Make a run's segmentation and uncertainty map the panel's output and map, and fill the table."""
+        parameters = self._parameterNode or self.logic.getParameterNode()  # the user may have left the module
+        parameters.outputSegmentation = result.segmentationNode
+        self.ui.show3DButton.setSegmentationNode(result.segmentationNode)
+        parameters.overlayVolume = result.uncertaintyNode
+        self._fillConfidenceTable(result.summary)
+
+    # -- several loaded cases --------------------------------------------------------------------------------------
+
+    def onFindCases(self, checked: bool = False) -> None:
+        """Group the loaded volumes into cases for the chosen model (not while a queue runs)."""
+        if self._queue is not None and self._queue.running:
+            return
+        info = self._currentModel()
+        self._cases = findLoadedCases(slicer.mrmlScene, info.modalities, info.key) if info else []
+        self._queue = None
+        self._fillCasesTable()
+
+    def _fillCasesTable(self) -> None:
+        """One row per case found: name, volumes, status (ready, a problem, or the queue's progress)."""
+        table = self.ui.casesTable
+        table.setColumnCount(len(CASE_COLUMNS))
+        for column, title in enumerate(CASE_COLUMNS):
+            table.setHorizontalHeaderItem(column, qt.QTableWidgetItem(title))
+        rows = caseRows(self._cases, self._queue)
+        table.setRowCount(len(rows))
+        for row, texts in enumerate(rows):
+            for column, text in enumerate(texts):
+                table.setItem(row, column, qt.QTableWidgetItem(text))
+
+    def onSegmentCases(self, checked: bool = False) -> None:
+        """Segment every ready case in a row, or cancel the running queue."""
+        if self._queue is not None and self._queue.running:
+            self._queue.cancel()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start segmenting the cases."), waitCursor=True):
+            self.onFindCases()
+            ready = [case for case in self._cases if case.ready]
+            if not ready:
+                raise ValueError(_("No case is ready: load volumes named <case>_<input> (see the table)."))
+            self.ui.casesCollapsibleButton.collapsed = False
+            self._prepareRun()
+            self._queue = self.logic.segmentCases(
+                ready,
+                model=self._currentModel(),
+                onProgress=self._onProgress,
+                onLog=self._log,
+                onCase=lambda run: self._fillCasesTable(),
+                onFinished=self._onCasesFinished,
+                **self._options(),
+            )
+            self._fillCasesTable()
+            self._checkCanApply()
+
+    def _onCasesFinished(self, queue) -> None:
+        """Show the first case segmented; report the cases that failed (the others ran)."""
+        self._checkCanApply()
+        self._fillCasesTable()
+        self.ui.statusLabel.text = queue.summary()
+        results = queue.results()
+        if results:
+            self._showResult(results[0])
+        if queue.failed():
+            self.ui.logCollapsibleButton.collapsed = False
+            slicer.util.errorDisplay(
+                _("Some cases could not be segmented: {summary}").format(summary=queue.summary()),
+                detailedText="\n".join(f"{run.case.name}: {run.error}" for run in queue.failed()),
             )
 
     # -- overlay ---------------------------------------------------------------------------------------------------
@@ -423,7 +515,8 @@ class CLDLSegmentationLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
 
 
 class CLDLSegmentationTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer on the CPU: the phantom model on a fresh synthetic BraTS-like phantom (a pipeline check)."""
+    """Runs inside Slicer on the CPU: the phantom model on a fresh synthetic BraTS-like phantom (a pipeline check),
+    a cancelled run, and two loaded cases segmented in a row."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -437,6 +530,8 @@ class CLDLSegmentationTest(ScriptedLoadableModuleTest):
         self.test_segment_phantom_blocking()
         self.setUp()
         self.test_cancel_kills_the_run()
+        self.setUp()
+        self.test_segment_loaded_cases()
 
     def _phantom(self):
         """Four volumes of a phantom the phantom model never saw, loaded as a user would."""
@@ -493,4 +588,27 @@ class CLDLSegmentationTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(job.process.returncode)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
         logging.info("cancelled run left no nodes behind")
+        self.delayDisplay("Test passed")
+
+    def test_segment_loaded_cases(self):
+        from cldl.data.phantoms import brats_phantom, write_case
+        from cldl.zoo import PHANTOM_MODEL
+
+        self.delayDisplay("Segmenting two loaded cases in a row (CPU)")
+        folder = Path(slicer.util.tempDirectory("CLDLCases"))
+        for seed in (90_002, 90_003):
+            case = brats_phantom(seed, shape=(64, 64, 64))
+            files = write_case(case, folder)
+            for modality in case.modalities:
+                slicer.util.loadVolume(str(files[modality]))  # named <case>_<modality>, as a user would load it
+        cases = findLoadedCases(slicer.mrmlScene, case.modalities, PHANTOM_MODEL)
+        self.assertEqual([c.status() for c in cases], ["ready", "ready"])
+        queue = CLDLSegmentationLogic().segmentCases(cases, model=PHANTOM_MODEL, device="cpu", wait=True)
+        self.assertEqual(queue.summary(), "2 of 2 case(s) segmented")
+        for found, result in zip(cases, queue.results()):
+            self.assertEqual(result.segmentationNode.GetName(), f"{found.name} CLDL segmentation")
+            segmentation = result.segmentationNode.GetSegmentation()
+            self.assertGreater(segmentation.GetNumberOfSegments(), 0)
+        again = findLoadedCases(slicer.mrmlScene, case.modalities, PHANTOM_MODEL)
+        self.assertEqual([c.status() for c in again], ["already segmented", "already segmented"])
         self.delayDisplay("Test passed")

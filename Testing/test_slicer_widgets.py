@@ -82,9 +82,14 @@ def test_segmentation_setup_fills_models_and_inputs(slicerApp, monkeypatch, tmp_
     for _, selector in rows:
         assert [s for s, _ in selector.connections] == ["currentNodeChanged(vtkMRMLNode*)"]
     assert signals["confidenceTable"] == ["cellClicked(int,int)"]
+    assert signals["findCasesButton"] == signals["segmentCasesButton"] == ["clicked(bool)"]
     table = widget.ui.confidenceTable
     assert [table.headers[c].text for c in range(table.columnCount)] == list(module.CONFIDENCE_COLUMNS)
     assert table.rowCount == 0 and widget._parameterNode.ldlMaps is False
+    cases = widget.ui.casesTable
+    assert [cases.headers[c].text for c in range(cases.columnCount)] == list(module.CASE_COLUMNS)
+    assert cases.texts() == [("BraTS", "BraTS_flair, BraTS_t1, BraTS_t1ce, BraTS_t2", "ready")]
+    assert widget.ui.segmentCasesButton.enabled is True
     widget.cleanup()
 
 
@@ -174,4 +179,69 @@ def test_training_setup_binds_paths_and_buttons(slicerApp, tmp_path: Path) -> No
     widget._updateGui()
     assert ui.resumeButton.enabled and not ui.startButton.enabled
     assert ui.outDirPathLineEdit.currentPath == str(tmp_path)
+    widget.cleanup()
+
+
+class FakeJob:
+    """A running SegmentationJob as the case queue sees it: ends when the test says so, or when cancelled."""
+
+    def __init__(self, inputs, options: dict) -> None:
+        self.inputs, self.options, self.status, self.result, self.error = inputs, options, "running", None, None
+
+    def end(self, status: str, result=None, error: str = "") -> None:
+        self.status, self.result, self.error = status, result, RuntimeError(error) if error else None
+        self.options["onFinished"](self)
+
+    def cancel(self) -> None:
+        self.end("cancelled")
+
+
+def test_segmentation_segments_loaded_cases_in_a_row(slicerApp, monkeypatch) -> None:
+    """Segment all cases: every ready case runs in turn (progress "case 1 of 2"), a failed case is reported at the
+    end without stopping the next, the first finished case is shown; the button cancels a running queue."""
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", standins.noErrorDisplay)
+    errors: list = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: errors.append((text, kw)))
+    scene = slicer.mrmlScene
+    for case in ("A", "B"):
+        for m in ("flair", "t1", "t1ce", "t2"):
+            add_volume(scene, slicer_testing.np.ones((4, 4, 4), "float32"), f"{case}_{m}")
+    add_volume(scene, slicer_testing.np.ones((4, 4, 4), "float32"), "C_flair")
+    module, widget = _segmentationWidget(monkeypatch, [])
+    monkeypatch.setattr(module, "ensureDependencies", lambda requester: None)
+    ui, jobs = widget.ui, []
+    widget.logic.segment = lambda inputs, **options: jobs.append(FakeJob(inputs, options)) or jobs[-1]
+    widget._parameterNode.ldlMaps = True
+
+    widget.onFindCases()
+    assert [row[2] for row in ui.casesTable.texts()] == ["ready", "ready", "missing t1, t1ce, t2"]
+    widget.onSegmentCases()
+    assert len(jobs) == 1 and jobs[0].options["name"] == "A" and jobs[0].options["options"].ldlMaps is True
+    assert [n.GetName() for n in jobs[0].inputs.values()] == ["A_flair", "A_t1", "A_t1ce", "A_t2"]
+    assert ui.segmentCasesButton.text == "Cancel" and ui.applyButton.enabled is False
+    assert [row[2] for row in ui.casesTable.texts()] == ["running", "queued", "missing t1, t1ce, t2"]
+    jobs[0].options["onProgress"](0.5, "inference 1/2")
+    assert ui.statusLabel.text == "case 1 of 2 (A): inference 1/2" and ui.progressBar.value == 25
+
+    mapNode, segmentation = _regionMap(scene)
+    jobs[0].end(
+        "completed", types.SimpleNamespace(segmentationNode=segmentation, uncertaintyNode=mapNode, summary=SUMMARY)
+    )
+    assert len(jobs) == 2 and jobs[1].options["name"] == "B" and jobs[1].options["show"] is False
+    jobs[1].end("failed", error="the engine stopped")
+    assert (
+        ui.casesTable.texts()[0][2].startswith("done in ")
+        and ui.casesTable.texts()[1][2] == "failed: the engine stopped"
+    )
+    assert ui.statusLabel.text == "1 of 2 case(s) segmented, 1 failed (B)"
+    assert errors == [("Some cases could not be segmented: 1 of 2 case(s) segmented, 1 failed (B)",
+                       {"detailedText": "B: the engine stopped"})]  # fmt: skip
+    assert widget._parameterNode.outputSegmentation is segmentation and widget._parameterNode.overlayVolume is mapNode
+    assert ui.confidenceTable.rowCount == 2 and ui.segmentCasesButton.text == "Segment all cases"
+
+    widget.onSegmentCases()  # again: both cases run (the stand-in results did not come from them)
+    widget.onSegmentCases()  # Cancel
+    assert [j.status for j in jobs[2:]] == ["cancelled"] and widget._queue.status == "cancelled"
+    assert [row[2] for row in ui.casesTable.texts()[:2]] == ["cancelled", "cancelled"]
+    assert ui.applyButton.enabled is True and len(errors) == 1
     widget.cleanup()
