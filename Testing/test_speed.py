@@ -148,6 +148,49 @@ def test_a_run_augmented_on_the_device_resumes_exactly(tmp_path: Path, first: st
     assert _metrics(tmp_path / "stopped") == _metrics(tmp_path / "straight")
 
 
+def test_fused_adam_matches_the_loop_and_resumes_exactly(tmp_path: Path) -> None:
+    loop = Trainer(_config(epochs=1, max_val_cases=0), tmp_path / "loop", Reporter("none"))
+    assert loop.adam_impl == "loop"  # auto on a CPU: torch's own choice there, as before the option
+    plain = loop.run()
+    fused = Trainer(_config(epochs=1, max_val_cases=0, adam_impl="fused"), tmp_path / "fused", Reporter("none")).run()
+    for key, value in plain["history"][0].items():
+        assert fused["history"][0][key] == pytest.approx(value, rel=1e-4), key
+    groups = load_checkpoint(tmp_path / "fused" / "last.pt").training_state["optimizer"]["param_groups"]
+    assert groups[0]["fused"] is True
+    reporter = StopAt(epoch=1, done=1)
+    config = _config(epochs=1, max_val_cases=0, adam_impl="fused")
+    Trainer(config, tmp_path / "stopped", reporter, stop_requested=lambda: reporter.requested).run()
+    resumed = Trainer(config, tmp_path / "stopped", Reporter("none")).run(resume=True)
+    assert resumed["weights_sha256"] == fused["weights_sha256"]
+
+
+def test_adam_state_loads_across_implementations() -> None:
+    from cldl.train import adam_options, load_optimizer_state
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    impls = ("fused", "foreach", "loop")
+    optimizers = {impl: torch.optim.Adam(model.parameters(), lr=1e-2, **adam_options(impl)) for impl in impls}
+    for optimizer in optimizers.values():
+        model.zero_grad()
+        model(torch.randn(5, 4)).square().sum().backward()
+        optimizer.step()
+    for saved, loaded in itertools.permutations(optimizers, 2):
+        target = torch.optim.Adam(model.parameters(), lr=1e-2, **adam_options(loaded))
+        load_optimizer_state(target, optimizers[saved].state_dict())
+        group = target.param_groups[0]
+        assert bool(group["fused"]) == (loaded == "fused") and bool(group["foreach"]) == (loaded == "foreach")
+        for param in model.parameters():
+            state = target.state[param]
+            assert state["step"].device == param.device and state["step"].dtype == torch.float32
+            assert torch.equal(state["exp_avg"], optimizers[saved].state[param]["exp_avg"])
+        model.zero_grad()
+        model(torch.randn(5, 4)).square().sum().backward()
+        target.step()  # the loaded state steps with its own implementation
+    with pytest.raises(ValueError, match="Adam implementation"):
+        adam_options("auto")
+
+
 def test_channels_last_training_matches_within_rounding(tmp_path: Path) -> None:
     plain = Trainer(_config(epochs=1, max_val_cases=0), tmp_path / "plain", Reporter("none")).run()
     fast = Trainer(_config(epochs=1, max_val_cases=0, channels_last=True), tmp_path / "cl", Reporter("none")).run()

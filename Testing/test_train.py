@@ -147,6 +147,8 @@ def test_config_validation(tmp_path: Path) -> None:
         tiny_config(final_targets="gaussian", final_sigma=0)
     with pytest.raises(ValueError, match="augment_on"):
         tiny_config(augment_on="gpu")
+    with pytest.raises(ValueError, match="adam_impl"):
+        tiny_config(adam_impl="apex")
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**tiny_config().to_dict(), "epochs": 5}))
     assert TrainConfig.from_file(path, epochs=7).epochs == 7

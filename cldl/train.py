@@ -56,6 +56,7 @@ from .tasks import Task, get_task
 FINAL_TARGETS = ("onehot", "gaussian")
 AMP_DTYPES = ("auto", "bf16", "fp16")
 AUGMENT_ON = ("auto", "prefetch", "device")
+ADAM_IMPLS = ("auto", "fused", "foreach", "loop")
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -102,6 +103,7 @@ class TrainConfig:
     channels_last: bool = False  # channels-last 3D memory format for the training step (GPU; measure first)
     compile: bool = False  # torch.compile the training step's network (slow first steps while it compiles)
     augment_on: str = "auto"  # where patches are augmented: prefetch (thread) | device (training device) | auto
+    adam_impl: str = "auto"  # Adam's kernels: fused | foreach | loop | auto (fused on CUDA, loop elsewhere)
     cudnn_benchmark: bool = True  # let cuDNN time and pick the fastest convolution algorithms (GPU)
     preprocess: dict[str, Any] = field(default_factory=dict)  # PreprocessConfig keys, e.g. target_spacing
     cache: str | None = "auto"  # preprocessed-case cache: "auto" ($CLDL_DATA_CACHE or ~/.cache/cldl), a folder, null
@@ -125,8 +127,11 @@ class TrainConfig:
             raise ValueError(f"empty_regions must be one of {list(EMPTY_RULES)} and et_min_voxels >= 0")
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
-        if self.augment_on not in AUGMENT_ON:
-            raise ValueError(f"augment_on must be one of {list(AUGMENT_ON)}, got {self.augment_on!r}")
+        if self.augment_on not in AUGMENT_ON or self.adam_impl not in ADAM_IMPLS:
+            raise ValueError(
+                f"augment_on must be one of {list(AUGMENT_ON)} and adam_impl one of {list(ADAM_IMPLS)}, got "
+                f"{self.augment_on!r} and {self.adam_impl!r}"
+            )
         unknown = sorted(set(self.model) - set(ModelConfig.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown model keys {unknown}; valid keys: {sorted(ModelConfig.__dataclass_fields__)}")
@@ -499,6 +504,7 @@ class Trainer:
             self.amp_dtype = torch.bfloat16
         cuda = self.device.type == "cuda"
         self.augment_on = config.augment_on if config.augment_on != "auto" else ("device" if cuda else "prefetch")
+        self.adam_impl = config.adam_impl if config.adam_impl != "auto" else ("fused" if cuda else "loop")
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Train to ``config.epochs`` (continuing from ``last.pt`` with ``resume``); returns a summary.
@@ -540,7 +546,11 @@ class Trainer:
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         optimizer = torch.optim.Adam(
-            model.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay
+            model.parameters(),
+            lr=config.lr,
+            betas=tuple(config.betas),
+            weight_decay=config.weight_decay,
+            **adam_options(self.adam_impl),
         )
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -583,7 +593,7 @@ class Trainer:
         saved = load_checkpoint(last_path, map_location=self.device)
         state = saved.training_state
         run.model.load_state_dict(saved.state_dict)
-        run.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(run.optimizer, state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         run.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"].cpu())  # loaded onto --device; the CPU RNG needs a CPU tensor
@@ -818,6 +828,31 @@ class Trainer:
             "command": " ".join(sys.argv),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+
+
+def adam_options(impl: str) -> dict[str, bool]:
+    """``torch.optim.Adam`` keyword arguments of an implementation: ``fused``, ``foreach`` or ``loop``."""
+    if impl not in ADAM_IMPLS[1:]:
+        raise ValueError(f"Adam implementation must be one of {list(ADAM_IMPLS[1:])}, got {impl!r}")
+    return {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load an Adam state saved by any implementation into ``optimizer``, which keeps its own (fused or not).
+
+    ``load_state_dict`` would take the saved groups' ``fused``/``foreach`` flags; this keeps the optimiser's and
+    puts each ``step`` count where its implementation keeps it (on the parameter's device when fused, else CPU).
+    """
+    flags = [{key: group.get(key) for key in ("fused", "foreach")} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kept in zip(optimizer.param_groups, flags):
+        group.update(kept)
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for param in group["params"]:
+            values = optimizer.state.get(param, {})
+            if "step" in values:
+                step = values["step"]
+                values["step"] = step.to(device=param.device, dtype=torch.float32) if on_device else step.to("cpu")
 
 
 def random_state_to_json(state: tuple) -> str:
