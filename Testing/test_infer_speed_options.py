@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from cldl.checkpoint import Checkpoint
+from cldl.cli import main
 from cldl.data.phantoms import brats_phantom
 from cldl.data.preprocess import PreprocessConfig, normalize, normalize_tensor
 from cldl.infer import Predictor, sliding_window_probabilities
+from cldl.io import read_image
 from cldl.model import ModelConfig, UNetLDL
 from cldl.tasks import BRATS
 
@@ -97,3 +101,16 @@ def test_compiled_predictor_matches_the_plain_predictor(checkpoint: Checkpoint) 
     compiled = Predictor(checkpoint, device="cpu", precision="fp32", compile="default", window_batch=3)
     fast = compiled.predict(images, keep_probabilities=True)
     np.testing.assert_allclose(fast.probabilities, plain.probabilities, rtol=0, atol=1e-3)
+
+
+def test_segment_command_passes_the_speed_options_on(
+    tiny_checkpoint: Path, phantom_files: dict[str, Path], tmp_path: Path
+) -> None:
+    images = [str(phantom_files[m]) for m in ("flair", "t1", "t1ce", "t2")]
+    outputs = {}
+    for name, extra in (("plain", []), ("channels_last", ["--channels-last"])):
+        out = tmp_path / f"{name}.nii.gz"
+        argv = ["segment", "-i", *images, "-o", str(out), "--model", str(tiny_checkpoint), "--device", "cpu"]
+        assert main([*argv, "--precision", "fp32", "--progress", "none", *extra]) == 0
+        outputs[name] = read_image(out)[0]
+    np.testing.assert_array_equal(outputs["channels_last"], outputs["plain"])

@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="network arithmetic: auto (default) = bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX), "
         "fp32 elsewhere; window outputs are accumulated in fp32 either way",
     )
+    seg.add_argument(
+        "--compile",
+        choices=("default", "reduce-overhead", "max-autotune"),
+        help="torch.compile the network in this mode (reduce-overhead = CUDA graphs); the first case pays the "
+        "compilation, so it pays off over a folder of cases (GPU; benchmarks/gpu.sh measures it)",
+    )
+    seg.add_argument("--channels-last", action="store_true", help="run the network in channels-last 3D memory format")
     seg.add_argument("--task", help="refuse the model unless it segments this task (e.g. brats)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_progress(seg)
@@ -383,6 +390,8 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
         tta=args.tta,
         memory_limit_gb=args.memory_limit_gb,
         precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
     )
     if args.task:
         check_task(predictor.checkpoint, get_task(args.task))
