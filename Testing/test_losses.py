@@ -210,6 +210,17 @@ def test_cldl_loss_total_matches_parts() -> None:
     assert torch.count_nonzero(raw3.grad) == 0  # weight 0 stage gets no gradient
 
 
+def test_cldl_loss_takes_the_curriculum_weights_as_tensors() -> None:
+    """What the trainer passes to a compiled loss: the same total as with Python floats."""
+    out, _, labels = fake_output()
+    targets = rldl_targets(labels, 4, (8, 4, 2))
+    floats, _ = cldl_loss(out, labels, targets, LossConfig(), stage_weights=[0.2, 0.5, 0.0], seg_weight=0.4)
+    weights, seg = torch.tensor([0.2, 0.5, 0.0]), torch.tensor(0.4)
+    tensors, parts = cldl_loss(out, labels, targets, LossConfig(), stage_weights=weights, seg_weight=seg)
+    torch.testing.assert_close(tensors, floats)
+    assert tensors.shape == () and parts["total"].shape == ()
+
+
 def test_cldl_loss_defaults_and_seg_weight_zero() -> None:
     """Defaults: all weights 1, robust Dice, eps 1e-3; seg_weight 0 removes CE and Dice and their gradient."""
     out, leaves, labels = fake_output(seed=6)

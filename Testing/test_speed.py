@@ -207,6 +207,17 @@ def test_compiled_training_matches_within_rounding(tmp_path: Path) -> None:
         assert fast["history"][0][key] == pytest.approx(value, rel=1e-4), key
 
 
+@pytest.mark.slow
+def test_compiled_targets_and_loss_match_within_rounding_and_compile_once(tmp_path: Path) -> None:
+    """compile_loss: one compilation serves the whole run although the curriculum weights change every step (a
+    recompilation raises here)."""
+    plain = Trainer(_config(epochs=1, max_val_cases=0), tmp_path / "plain", Reporter("none")).run()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        fast = Trainer(_config(epochs=1, max_val_cases=0, compile_loss=True), tmp_path / "c", Reporter("none")).run()
+    for key, value in plain["history"][0].items():
+        assert fast["history"][0][key] == pytest.approx(value, rel=1e-4), key
+
+
 class CountingSampler:
     """Batch ``i`` is filled with the value ``i`` (drawn from ``rng`` so the state advances)."""
 

@@ -66,12 +66,13 @@ def cldl_loss(
     labels: torch.Tensor,
     targets: list[torch.Tensor],
     config: LossConfig,
-    stage_weights: list[float] | None = None,
-    seg_weight: float = 1.0,
+    stage_weights: list[float] | torch.Tensor | None = None,
+    seg_weight: float | torch.Tensor = 1.0,
     final_targets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The total CLDL loss and its detached parts (``ldl1..3``, ``ce``, ``dice``).
 
+    The curriculum weights may be tensors (a compiled loss then serves every weight without recompiling).
     ``final_targets`` (``B x K x D x H x W`` distributions, e.g. Gaussian-smoothed one-hot labels: the voxel-level
     LDL baseline) replace the hard labels in the final head's cross-entropy; the Dice term keeps the hard labels.
     """

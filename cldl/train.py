@@ -102,6 +102,7 @@ class TrainConfig:
     prefetch: int = 2  # batches drawn ahead by a background thread (0: on demand); results do not depend on it
     channels_last: bool = False  # channels-last 3D memory format for the training step (GPU; measure first)
     compile: bool = False  # torch.compile the training step's network (slow first steps while it compiles)
+    compile_loss: bool = False  # torch.compile the R-LDL targets and the CLDL loss too
     augment_on: str = "auto"  # where patches are augmented: prefetch (thread) | device (training device) | auto
     adam_impl: str = "auto"  # Adam's kernels: fused | foreach | loop | auto (fused on CUDA, loop elsewhere)
     cudnn_benchmark: bool = True  # let cuDNN time and pick the fastest convolution algorithms (GPU)
@@ -505,6 +506,13 @@ class Trainer:
         cuda = self.device.type == "cuda"
         self.augment_on = config.augment_on if config.augment_on != "auto" else ("device" if cuda else "prefetch")
         self.adam_impl = config.adam_impl if config.adam_impl != "auto" else ("fused" if cuda else "loop")
+        self._targets: Callable[..., list[torch.Tensor]] = rldl_targets
+        self._loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] = cldl_loss
+        if config.compile_loss:
+            self._targets, self._loss = (
+                torch.compile(rldl_targets, dynamic=False),
+                torch.compile(cldl_loss, dynamic=False),
+            )
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Train to ``config.epochs`` (continuing from ``last.pt`` with ``resume``); returns a summary.
@@ -769,19 +777,22 @@ class Trainer:
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.no_grad():  # the targets are built on the training device
-            targets = rldl_targets(y, self.task.num_classes, self.regions)
+            targets = self._targets(y, self.task.num_classes, self.regions)
             final_targets = (
                 gaussian_label_distribution(y, self.task.num_classes, self.config.final_sigma)
                 if self.config.final_targets == "gaussian"
                 else None
             )
         stage_weights, seg_weight = self.curriculum.weights(progress)
+        if self.config.compile_loss:  # tensors: a torch that specialises floats recompiles per weight
+            stage_weights = torch.tensor(stage_weights, device=self.device)
+            seg_weight = torch.tensor(seg_weight, device=self.device)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):
             output = model(x)
-            loss, parts = cldl_loss(output, y, targets, self.loss_config, stage_weights, seg_weight, final_targets)
+            loss, parts = self._loss(output, y, targets, self.loss_config, stage_weights, seg_weight, final_targets)
         finite = bool(torch.isfinite(loss))
         # one small all-reduce: every rank raises together, and every rank stops after the same step
         not_finite, self.stop_agreed = any_rank(self.dist, [not finite, self.stop_requested()])
