@@ -145,13 +145,18 @@ def resample(
     pad_value: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The patch through ``matrix`` about ``centre`` (voxel coordinates of the ``(C, z, y, x)`` source), on the
-    source's device: linear images (``pad_value`` outside), nearest labels (0 outside, the labels' dtype)."""
+    source's device: linear images (``pad_value`` outside), nearest labels (0 outside, the labels' dtype).
+
+    The three small host arrays go over with non-blocking copies (staged at once, no wait for the device's queue).
+    """
     device = source.device
     half = (np.array(patch) - 1) / 2
+    matrix_t, offset, size = (
+        torch.from_numpy(np.array(a, dtype=np.float64)).to(device, non_blocking=True)
+        for a in (matrix.T, centre, source_labels.shape)
+    )
     axes = [torch.arange(p, dtype=torch.float64, device=device) - h for p, h in zip(patch, half)]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1) @ torch.from_numpy(matrix.T).to(device)
-    grid = grid + torch.from_numpy(np.asarray(centre, dtype=np.float64)).to(device)
-    size = torch.tensor(source_labels.shape, dtype=torch.float64, device=device)
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1) @ matrix_t + offset
     grid = (2 * grid / (size - 1) - 1).flip(-1).float()[None]
     x = F.grid_sample((source - pad_value)[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     y = F.grid_sample(source_labels.float()[None, None], grid, mode="nearest", padding_mode="zeros", align_corners=True)
