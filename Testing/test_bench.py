@@ -24,12 +24,19 @@ def _run(args: list[str], timeout: int = 240) -> str:
 
 def test_gpu_script_on_cpu_quick(tmp_path: Path) -> None:
     out = _run(["bash", str(BENCH / "gpu.sh"), "--device", "cpu", "--quick", "--json", str(tmp_path / "g.json")])
-    assert "summary: train" in out and "s/volume" in out
+    assert "summary: train" in out and "s/volume" in out and "Trainer / plain" in out
     figures = json.loads((tmp_path / "g.json").read_text())
     assert {(r["kind"], r["channels_last"]) for r in figures["train"]} == {
         (k, c) for k in ("trainer", "plain") for c in (False, True)
     }
-    assert all(r["it_per_s"] > 0 for r in figures["train"])
+    trainer = [r for r in figures["train"] if r["kind"] == "trainer"]
+    assert [(r["augment_on"], r["adam"]) for r in trainer if not r["channels_last"]] == [
+        ("prefetch", "fused"),
+        ("device", "fused"),
+        ("device", "loop"),
+    ]
+    assert len(figures["train"]) == 7  # the two augmentation placements share one plain loop
+    assert all(r["it_per_s"] > 0 for r in figures["train"]) and all(r["ratio_to_plain"] > 0 for r in trainer)
     assert [r["overlap"] for r in figures["inference"]] == [0.25, 0.5]
     assert figures["inference"][0]["windows"] <= figures["inference"][1]["windows"]
 
@@ -41,8 +48,13 @@ def test_training_throughput_quick(tmp_path: Path) -> None:
     )
     assert "Trainer / plain" in out
     figures = json.loads(json_path.read_text())
-    assert figures["best_it_per_s"]["ours"] > 0 and figures["best_it_per_s"]["plain"] > 0
-    assert figures["runs"]["ours"][0]["peak_rss_mb"] > 0
+    rows = figures["configurations"]
+    assert [r["label"] for r in rows][:2] == ["augmentation in the prefetch thread", "augmentation on the device"]
+    assert {r["adam"] for r in rows} == {"fused", "loop"} and {r["channels_last"] for r in rows} == {False, True}
+    assert all(r["trainer_it_per_s"] > 0 and r["plain_it_per_s"] > 0 and r["ratio"] > 0 for r in rows)
+    assert rows[0]["trainer_runs"][0]["peak_rss_mb"] > 0
+    on_device = [r["trainer_runs"][0]["device_augment_ms_per_batch"] for r in rows[:2]]
+    assert on_device[0] == 0 and on_device[1] > 0  # the prefetch thread augments in the first row, the device next
 
 
 def test_ddp_benchmark_quick(tmp_path: Path) -> None:
@@ -74,7 +86,8 @@ def test_synthetic_data_benchmark_quick(tmp_path: Path) -> None:
     figures = json.loads(json_path.read_text())
     from cldl.data.augment import AUGMENT_PRESETS
 
-    assert set(figures["augment_ms_per_patch"]) == set(AUGMENT_PRESETS)
+    assert set(figures["augment_ms_per_patch"]) == set(figures["augment_split_ms_per_patch"]) == set(AUGMENT_PRESETS)
+    assert all(v["draw"] > 0 and v["apply"] > 0 for v in figures["augment_split_ms_per_patch"].values())
     assert figures["generator_s_per_case"][0] > 0
 
 

@@ -1,8 +1,9 @@
 """The GPU benchmark behind ``benchmarks/gpu.sh``: training it/s at 128^3 with AMP, inference s/volume, peak memory.
 
-Training: the Trainer (phantom data, prefetch thread, ``--augment`` preset: nnunet by default) and a plain loop on a
-fixed batch, full network (21.7 M parameters), patch 128^3, batch 1, AMP (bf16 where supported), with and without
-channels-last 3D. Inference: the
+Training: the Trainer (phantom data, ``--augment`` preset: nnunet by default) and a plain loop on a fixed batch, full
+network (21.7 M parameters), patch 128^3, batch 1, AMP (bf16 where supported), for each option set: augmentation in
+the prefetch thread or on the GPU, fused Adam or not, channels-last 3D, and with ``--compile`` the compiled network
+and network + targets + loss; each set prints its Trainer/plain ratio. Inference: the
 Predictor on a BraTS-sized phantom (4 x 155 x 240 x 240, random weights, 128^3 window) at overlap 0.25 and 0.5,
 seconds per volume after one warm-up volume. Peak GPU memory is torch's peak allocation per part.
 ``--device cpu --quick`` runs the same code with a tiny network and phantom (the CI test).
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from _common import command_line, machine_summary, peak_rss_mb
-from training_throughput import run_ours, run_plain
+from training_throughput import OPTION_KEYS, PLAIN_KEYS, configurations, run_ours, run_plain
 
 from cldl.checkpoint import Checkpoint
 from cldl.data.phantoms import brats_phantom
@@ -48,11 +49,18 @@ def _peak_gb(device: torch.device) -> float:
 
 
 def train_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    """Trainer and plain loop, with and without channels-last."""
-    rows = []
-    for channels_last in (False, True):
+    """Trainer and plain loop for each option set of ``training_throughput.configurations`` (augmentation in the
+    prefetch thread or on the GPU, fused Adam or not, channels-last, compile with ``--compile``), one run each; a
+    plain loop shared by two sets runs once. Prints each run and each set's Trainer/plain ratio."""
+    rows: list[dict[str, Any]] = []
+    plain_rows: dict[tuple, dict[str, Any]] = {}
+    for config in configurations(device.type, args.compile):
+        options = {key: config[key] for key in OPTION_KEYS}
+        plain_key = tuple(options[key] for key in PLAIN_KEYS)
         for kind, runner in (("trainer", run_ours), ("plain", run_plain)):
-            options = argparse.Namespace(
+            if kind == "plain" and plain_key in plain_rows:
+                continue
+            namespace = argparse.Namespace(
                 device=str(device.type),
                 patch=args.patch,
                 width=args.width,
@@ -61,25 +69,33 @@ def train_part(args: argparse.Namespace, device: torch.device) -> list[dict[str,
                 warmup=args.warmup,
                 prefetch=2,
                 augment=args.augment,
-                channels_last=channels_last,
-                compile=args.compile,
                 no_amp=False,
+                **options,
             )
             _reset_peak(device)
-            figures = runner(options)
-            rows.append(
-                {
-                    "kind": kind,
-                    "channels_last": channels_last,
-                    "it_per_s": figures["it_per_s"],
-                    "peak_gb": _peak_gb(device),
-                }
-            )
+            figures = runner(namespace)
+            row = {"kind": kind, "label": config["label"], **options, "it_per_s": figures["it_per_s"]}
+            row["peak_gb"] = _peak_gb(device)
+            if kind == "trainer":
+                row["sampler_ms_per_batch"] = figures["sampler_ms_per_batch"]
+                row["device_augment_ms_per_batch"] = figures["device_augment_ms_per_batch"]
+                row["device_augment_syncs_per_batch"] = figures["device_augment_syncs_per_batch"]
+            else:
+                plain_rows[plain_key] = row
+            rows.append(row)
             print(
-                f"  train {kind:7} channels-last {str(channels_last):5}: {figures['it_per_s']:.3f} it/s, "
-                f"peak {'GPU' if device.type == 'cuda' else 'RSS'} {rows[-1]['peak_gb']:.2f} GiB",
+                f"  train {kind:7} {config['label']}: {figures['it_per_s']:.3f} it/s, "
+                f"peak {'GPU' if device.type == 'cuda' else 'RSS'} {row['peak_gb']:.2f} GiB",
                 flush=True,
             )
+        trainer = next(r for r in reversed(rows) if r["kind"] == "trainer")
+        trainer["ratio_to_plain"] = trainer["it_per_s"] / plain_rows[plain_key]["it_per_s"]
+        print(
+            f"  Trainer / plain {trainer['ratio_to_plain']:.3f} ({config['label']}); data per batch: prefetch thread "
+            f"{trainer['sampler_ms_per_batch']:.1f} ms, device {trainer['device_augment_ms_per_batch']:.1f} ms "
+            f"({trainer['device_augment_syncs_per_batch']:g} host syncs)",
+            flush=True,
+        )
     return rows
 
 

@@ -1,5 +1,9 @@
 """Cost of the anatomy-based generator (seconds per BraTS-sized case) and of each augmentation preset (per patch).
 
+Each preset is timed both ways the Trainer can run it, patch by patch on the same patches (two samplers with one
+seed): in the prefetch thread (``augment_on: prefetch``, drawing and augmenting there) and split (``augment_on:
+device``: drawing the plan, then applying it on the device, here the CPU), so the split is shown not to cost more.
+
 Run: .venv/bin/python benchmarks/synthetic_data.py [--cases 3] [--patches 40] [--patch 128] [--threads 1]
      [--quick] [--json OUT]
 """
@@ -45,17 +49,39 @@ def main() -> int:
         seconds.append(time.perf_counter() - started)
     print(f"generator: {np.mean(seconds):.2f} s per case ({'x'.join(map(str, config.shape))} voxels, {cases} cases)")
     prepared = preprocess(case.images, PreprocessConfig(), BRATS.modalities, BRATS.labels_to_classes(case.labels))
-    per_patch = {}
+    per_patch, split = {}, {}
     for name in AUGMENT_PRESETS:
-        sampler = PatchSampler([prepared], (patch,) * 3, 0.5, 0.5, seed=0, augment=name)
-        started = time.perf_counter()
-        for _ in range(patches):
-            sampler.sample(1)
-        per_patch[name] = (time.perf_counter() - started) / patches * 1000
-        print(f"augment {name}: {per_patch[name]:.1f} ms per {patch}^3 patch of 4 channels ({patches} patches)")
+        now = PatchSampler([prepared], (patch,) * 3, 0.5, 0.5, seed=0, augment=name)
+        later = PatchSampler([prepared], (patch,) * 3, 0.5, 0.5, seed=0, augment=name, deferred=True)
+        prefetch, draw, apply = 0.0, 0.0, 0.0
+        for _ in range(patches):  # alternating, so a busy machine slows both ways alike
+            t0 = time.perf_counter()
+            now.sample(1)
+            t1 = time.perf_counter()
+            planned = later.sample(1)
+            t2 = time.perf_counter()
+            planned.apply("cpu")
+            t3 = time.perf_counter()
+            prefetch, draw, apply = prefetch + t1 - t0, draw + t2 - t1, apply + t3 - t2
+        per_patch[name] = prefetch / patches * 1000
+        split[name] = {"draw": draw / patches * 1000, "apply": apply / patches * 1000}
+        print(
+            f"augment {name}: {per_patch[name]:.1f} ms per {patch}^3 patch of 4 channels in the prefetch thread; "
+            f"split: plan {split[name]['draw']:.1f} ms + apply on the device (CPU) {split[name]['apply']:.1f} ms "
+            f"= {split[name]['draw'] + split[name]['apply']:.1f} ms ({patches} patches)"
+        )
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"generator_s_per_case": seconds, "augment_ms_per_patch": per_patch, "patch": patch}, handle)
+            json.dump(
+                {
+                    "generator_s_per_case": seconds,
+                    "augment_ms_per_patch": per_patch,
+                    "augment_split_ms_per_patch": split,
+                    "patch": patch,
+                    "threads": args.threads,
+                },
+                handle,
+            )
     return 0
 
 
