@@ -187,6 +187,16 @@ def test_adam_state_loads_across_implementations() -> None:
         model.zero_grad()
         model(torch.randn(5, 4)).square().sum().backward()
         target.step()  # the loaded state steps with its own implementation
+    conv = torch.nn.Conv3d(2, 3, 3)
+    saved = torch.optim.Adam(conv.parameters(), **adam_options("fused"))
+    conv(torch.randn(1, 2, 5, 5, 5)).sum().backward()
+    saved.step()
+    conv = conv.to(memory_format=torch.channels_last_3d)  # resumed with channels_last switched on
+    target = torch.optim.Adam(conv.parameters(), **adam_options("fused"))
+    load_optimizer_state(target, saved.state_dict())
+    moments = target.state[conv.weight]
+    assert moments["exp_avg"].stride() == moments["exp_avg_sq"].stride() == conv.weight.stride() != (54, 27, 9, 3, 1)
+    assert torch.equal(moments["exp_avg"], saved.state_dict()["state"][0]["exp_avg"])
     with pytest.raises(ValueError, match="Adam implementation"):
         adam_options("auto")
 

@@ -851,8 +851,10 @@ def adam_options(impl: str) -> dict[str, bool]:
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Load an Adam state saved by any implementation into ``optimizer``, which keeps its own (fused or not).
 
-    ``load_state_dict`` would take the saved groups' ``fused``/``foreach`` flags; this keeps the optimiser's and
-    puts each ``step`` count where its implementation keeps it (on the parameter's device when fused, else CPU).
+    ``load_state_dict`` would take the saved groups' ``fused``/``foreach`` flags; this keeps the optimiser's, puts
+    each ``step`` count where its implementation keeps it (on the parameter's device when fused, else CPU) and lays
+    the moments out like their parameter (a run resumed with another ``channels_last``: CUDA's fused Adam refuses
+    moments whose strides differ from the parameter's).
     """
     flags = [{key: group.get(key) for key in ("fused", "foreach")} for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
@@ -861,9 +863,12 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
         on_device = bool(group.get("fused") or group.get("capturable"))
         for param in group["params"]:
             values = optimizer.state.get(param, {})
-            if "step" in values:
-                step = values["step"]
-                values["step"] = step.to(device=param.device, dtype=torch.float32) if on_device else step.to("cpu")
+            for key, value in values.items():
+                if key == "step":
+                    step = value.to(device=param.device, dtype=torch.float32) if on_device else value.to("cpu")
+                    values[key] = step
+                elif value.shape == param.shape and value.stride() != param.stride():
+                    values[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def random_state_to_json(state: tuple) -> str:
