@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One GPU benchmark (< 8 minutes on one H100/H200): training iterations/s at 128^3 with AMP (Trainer and a plain
-# loop, with and without channels-last 3D), inference seconds per BraTS-sized volume, peak GPU memory.
+# loop and their ratio, with the augmentation in the prefetch thread or on the GPU, fused Adam or not, with and
+# without channels-last 3D), inference seconds per BraTS-sized volume, peak GPU memory.
 #
 #   benchmarks/gpu.sh                      # on the GPU
 #   benchmarks/gpu.sh --json gpu.json      # also keep the figures
-#   benchmarks/gpu.sh --compile            # also torch.compile the training network (adds minutes)
+#   benchmarks/gpu.sh --compile            # also the compiled network, and network + loss (adds minutes)
 #   benchmarks/gpu.sh --device cpu --quick # the same code with a tiny network (seconds; tested in CI)
 #
 # Record the printed figures, with the device name, in benchmarks/RESULTS.md.
