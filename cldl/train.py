@@ -784,9 +784,10 @@ class Trainer:
                 else None
             )
         stage_weights, seg_weight = self.curriculum.weights(progress)
-        if self.config.compile_loss:  # tensors: a torch that specialises floats recompiles per weight
-            stage_weights = torch.tensor(stage_weights, device=self.device)
-            seg_weight = torch.tensor(seg_weight, device=self.device)
+        if self.config.compile_loss:  # tensors (a torch that specialises floats recompiles per weight), sent
+            # without a blocking copy, which would wait for the device's queue
+            stage_weights = torch.tensor(stage_weights).to(self.device, non_blocking=True)
+            seg_weight = torch.tensor(seg_weight).to(self.device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None

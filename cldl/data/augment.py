@@ -180,7 +180,7 @@ def transformed_patch(
     return x.numpy(), y.numpy()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: compare their values, not the plans
 class IntensityPlan:
     """The random values of nnU-Net's intensity transforms for one patch (:func:`draw_intensity`)."""
 
@@ -279,7 +279,7 @@ def _gamma(channel: torch.Tensor, gamma: float, invert: bool) -> torch.Tensor:
     return -c if invert else c
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: compare their values, not the plans
 class PlannedPatch:
     """One training patch before augmentation: its source and every random value of its transforms."""
 
@@ -311,7 +311,7 @@ class PlannedPatch:
         return x, y
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: compare their values, not the plans
 class PlannedBatch:
     """Patches drawn but not yet augmented: :meth:`apply` runs their transforms where the batch is moved."""
 
