@@ -272,6 +272,31 @@ def test_prefetcher_hands_over_the_samplers_error() -> None:
         BatchPrefetcher(CountingSampler(), 1, depth=-1)
 
 
+def test_prefetcher_pins_planned_batches_for_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pinning path of a CUDA run, with pinning simulated by a copy (this machine may have no GPU)."""
+    from test_train import _phantom_case
+
+    pinned: list[int] = []
+
+    def fake_pin(self: torch.Tensor) -> torch.Tensor:
+        pinned.append(self.numel())
+        return self.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    case = _phantom_case(1, (40, 40, 40))
+    args = ([case], (32, 32, 32), 0.5, 0.5, 4)
+    plain = PatchSampler(*args, augment="nnunet")
+    deferred = PatchSampler(*args, augment="nnunet", deferred=True)
+    for depth in (0, 2):
+        with BatchPrefetcher(deferred, 2, depth=depth, pin_memory=True) as prefetcher:
+            for _ in range(3):
+                x, y = plain.sample(2)
+                got = prefetcher.sample(2).apply("cpu")
+                assert torch.equal(got[0], x) and torch.equal(got[1], y)
+        deferred.rng.bit_generator.state = prefetcher.rng_state()
+    assert len(pinned) >= 2 * 2 * 6  # images and labels of every patch, and noise where drawn
+
+
 def test_stop_signals_set_a_flag_and_restore_the_handlers() -> None:
     before = signal.getsignal(signal.SIGUSR1)
     with StopSignals() as stop:
