@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One GPU benchmark (< 8 minutes on one H100/H200): training iterations/s at 128^3 with AMP (Trainer and a plain
 # loop and their ratio, with the augmentation in the prefetch thread or on the GPU, fused Adam or not, with and
-# without channels-last 3D), inference seconds per BraTS-sized volume, peak GPU memory.
+# without channels-last 3D), inference seconds per BraTS-sized volume for each Predictor speed option (normalising on
+# the GPU, window batch, channels-last, overlap; with --compile also torch.compile and CUDA graphs), folder mode
+# against one command per case and the pure-compute bound, peak GPU memory.
 #
 #   benchmarks/gpu.sh                      # on the GPU
 #   benchmarks/gpu.sh --json gpu.json      # also keep the figures

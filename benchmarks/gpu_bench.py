@@ -3,10 +3,14 @@
 Training: the Trainer (phantom data, ``--augment`` preset: nnunet by default) and a plain loop on a fixed batch, full
 network (21.7 M parameters), patch 128^3, batch 1, AMP (bf16 where supported), for each option set: augmentation in
 the prefetch thread or on the GPU, fused Adam or not, channels-last 3D, and with ``--compile`` the compiled network
-and network + targets + loss; each set prints its Trainer/plain ratio. Inference: the
-Predictor on a BraTS-sized phantom (4 x 155 x 240 x 240, random weights, 128^3 window) at overlap 0.25 and 0.5,
-seconds per volume after one warm-up volume. Peak GPU memory is torch's peak allocation per part.
-``--device cpu --quick`` runs the same code with a tiny network and phantom (the CI test).
+and network + targets + loss; each set prints its Trainer/plain ratio. Inference (``gpu_infer.py``): the
+Predictor on a BraTS-sized phantom (4 x 155 x 240 x 240, random weights, 128^3 window), seconds per volume after
+one warm-up volume for each speed option (normalising on the device, window batch, channels-last, overlap 0.5, with
+``--compile`` the compiled network and CUDA graphs), and the host preprocessing alone. Folders:
+``folder_segmentation.py`` on 8 BraTS-sized phantoms, folder mode against one command per case and against the
+pure-compute bound. Peak GPU memory is torch's peak allocation per part.
+``--device cpu --quick`` runs the same code with a tiny network and phantoms (the CI test; 2 cases in the folder
+part).
 
 Run: benchmarks/gpu.sh [--device cuda] [--quick] [--compile] [--json FILE]
 """
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,14 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 from _common import command_line, machine_summary, peak_rss_mb
+from gpu_infer import infer_options
 from training_throughput import OPTION_KEYS, PLAIN_KEYS, configurations, run_ours, run_plain
 
-from cldl.checkpoint import Checkpoint
 from cldl.data.phantoms import brats_phantom
-from cldl.data.preprocess import PreprocessConfig
-from cldl.infer import Predictor, resolve_device
+from cldl.infer import resolve_device
 from cldl.model import ModelConfig, UNetLDL, count_parameters
-from cldl.tasks import BRATS
 
 
 def _reset_peak(device: torch.device) -> None:
@@ -99,48 +103,25 @@ def train_part(args: argparse.Namespace, device: torch.device) -> list[dict[str,
     return rows
 
 
-def infer_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    """Seconds per BraTS-sized volume at two overlaps (after a warm-up volume)."""
-    torch.manual_seed(0)
-    model = UNetLDL(ModelConfig(base_width=args.width))
-    checkpoint = Checkpoint(
-        model_config=model.config,
-        task=BRATS,
-        preprocess=PreprocessConfig(image_kind="mr"),
-        patch_size=(args.window,) * 3,
-        state_dict={k: v.clone() for k, v in model.state_dict().items()},
-    )
-    images = brats_phantom(5, shape=tuple(args.volume)).images
-    rows = []
-    for overlap in (0.25, 0.5):
-        predictor = Predictor(checkpoint, device=str(device), overlap=overlap)
-        predictor.predict(images)  # warm-up: cuDNN autotuning, allocator
-        _reset_peak(device)
-        calls: list[int] = []
-        times = []
-        for _ in range(args.infer_repeats):
-            started = time.perf_counter()
-            predictor.predict(images, progress=lambda done, total, seen=calls: seen.append(total))
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - started)
-        rows.append(
-            {
-                "overlap": overlap,
-                "seconds_per_volume": min(times),
-                "runs": times,
-                "windows": calls[-1],
-                "window_batch": predictor.window_batch,
-                "peak_gb": _peak_gb(device),
-            }
-        )
-        print(
-            f"  inference overlap {overlap}: {min(times):.2f} s/volume (runs {', '.join(f'{t:.2f}' for t in times)}), "
-            f"{calls[-1]} windows, batch {predictor.window_batch}, peak "
-            f"{'GPU' if device.type == 'cuda' else 'RSS'} {rows[-1]['peak_gb']:.2f} GiB",
-            flush=True,
-        )
-    return rows
+def folder_part(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Cases per minute of folder mode, one command per case and the compute bound (``folder_segmentation.py``)."""
+    bench = Path(__file__).with_name("folder_segmentation.py")
+    cases = "2" if args.quick else "8"
+    with tempfile.TemporaryDirectory() as folder:
+        figures = Path(folder) / "folder.json"
+        command = [
+            sys.executable,
+            str(bench),
+            "--device",
+            device.type,
+            "--cases",
+            cases,
+            "--shape",
+            *map(str, args.volume),
+        ]
+        result = subprocess.run([*command, "--json", str(figures)], capture_output=True, text=True, check=True)
+        print("\n".join(f"  {line}" for line in result.stdout.splitlines()[2:]), flush=True)
+        return json.loads(figures.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,10 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {"command": command_line(), "machine": machine_summary(), "device": name}
     figures["date"] = time.strftime("%Y-%m-%d")
     figures["train"] = train_part(args, device)
-    figures["inference"] = infer_part(args, device)
+    images = brats_phantom(5, shape=tuple(args.volume)).images
+    figures["inference"] = infer_options(images, device, args.width, args.window, args.infer_repeats, args.compile)
+    figures["folder"] = folder_part(args, device)
     best_train = max(r["it_per_s"] for r in figures["train"] if r["kind"] == "trainer")
-    best_infer = min(r["seconds_per_volume"] for r in figures["inference"])
-    peak = max(r["peak_gb"] for r in figures["train"] + figures["inference"])
+    best_infer = min(r["seconds"] for r in figures["inference"]["variants"])
+    peak = max(r["peak_gb"] for r in figures["train"] + figures["inference"]["variants"])
     figures["seconds"] = time.perf_counter() - started
     print(
         f"summary: train {best_train:.3f} it/s at {args.patch}^3 (AMP {device.type == 'cuda'}); inference "
