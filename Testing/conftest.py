@@ -7,8 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from cldl.checkpoint import Checkpoint
 from cldl.data.phantoms import brats_phantom, write_case
+from cldl.data.preprocess import PreprocessConfig
 from cldl.events import Reporter
+from cldl.model import ModelConfig, UNetLDL
+from cldl.tasks import BRATS
 from cldl.train import TrainConfig, Trainer
 
 torch.set_num_threads(2)
@@ -30,6 +34,21 @@ def tiny_config(**overrides) -> TrainConfig:
     }
     values.update(overrides)
     return TrainConfig.from_dict(values)
+
+
+def random_checkpoint(seed: int = 1, window: tuple[int, int, int] = (32, 32, 32), **model: int) -> Checkpoint:
+    """A tiny BraTS checkpoint with seeded random weights (``model``: ModelConfig keys, e.g. ``ldl_stages=0``);
+    the predictor's contract does not depend on training."""
+    torch.manual_seed(seed)
+    network = UNetLDL(ModelConfig(base_width=4, **model))
+    return Checkpoint(
+        model_config=network.config,
+        task=BRATS,
+        preprocess=PreprocessConfig(image_kind="mr"),
+        patch_size=window,
+        state_dict={k: v.clone() for k, v in network.state_dict().items()},
+        provenance={"seed": seed},
+    )
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import random_checkpoint
 
-from cldl.checkpoint import Checkpoint, save_checkpoint
+from cldl.checkpoint import save_checkpoint
 from cldl.cli import main
-from cldl.data.preprocess import PreprocessConfig
 from cldl.io import read_image
-from cldl.model import ModelConfig, UNetLDL
 from cldl.tasks import BRATS
 
 
@@ -58,16 +57,7 @@ def test_segment_writes_the_stage_maps_and_the_confidence_summary(
 def test_a_plain_unet_has_no_stage_maps(
     phantom_files: dict[str, Path], tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    model = UNetLDL(ModelConfig(base_width=4, ldl_stages=0))
-    checkpoint = Checkpoint(
-        model_config=model.config,
-        task=BRATS,
-        preprocess=PreprocessConfig(),
-        patch_size=(32, 32, 32),
-        state_dict=model.state_dict(),
-        provenance={},
-    )
-    path = save_checkpoint(checkpoint, tmp_path / "unet.pt")
+    path = save_checkpoint(random_checkpoint(ldl_stages=0), tmp_path / "unet.pt")
     argv = ["segment", "--model", str(path), "-i", *_images(phantom_files), "-o", str(tmp_path / "s.nii.gz")]
     assert main([*argv, "--ldl-maps", str(tmp_path / "ldl"), "--device", "cpu"]) == 1
     assert "no LDL stages" in capfd.readouterr().err

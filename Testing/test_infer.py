@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import random_checkpoint
 
 from cldl.checkpoint import Checkpoint, save_checkpoint
-from cldl.data.preprocess import InputError, PreprocessConfig, bounding_box, foreground_mask
+from cldl.data.preprocess import InputError, bounding_box, foreground_mask
 from cldl.infer import (
     Cancelled,
     Predictor,
@@ -45,16 +46,8 @@ def _mirror_symmetric(shape: tuple[int, int, int], seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def checkpoint() -> Checkpoint:
-    """A tiny BraTS checkpoint with random weights (the predictor's contract does not depend on training)."""
-    model = _model(1)
-    return Checkpoint(
-        model_config=model.config,
-        task=BRATS,
-        preprocess=PreprocessConfig(image_kind="mr"),
-        patch_size=WINDOW,
-        state_dict={k: v.clone() for k, v in model.state_dict().items()},
-        provenance={"seed": 1},
-    )
+    """A tiny BraTS checkpoint with random weights."""
+    return random_checkpoint(1, WINDOW)
 
 
 @pytest.fixture(scope="module")

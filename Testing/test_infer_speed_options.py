@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import random_checkpoint
 
 from cldl.checkpoint import Checkpoint
 from cldl.cli import main
@@ -15,7 +16,6 @@ from cldl.data.preprocess import PreprocessConfig, normalize, normalize_tensor
 from cldl.infer import Predictor, sliding_window_probabilities
 from cldl.io import read_image
 from cldl.model import ModelConfig, UNetLDL
-from cldl.tasks import BRATS
 
 WINDOW = (32, 32, 32)
 
@@ -23,15 +23,7 @@ WINDOW = (32, 32, 32)
 @pytest.fixture(scope="module")
 def checkpoint() -> Checkpoint:
     """A tiny BraTS checkpoint with random weights."""
-    torch.manual_seed(3)
-    model = UNetLDL(ModelConfig(base_width=4))
-    return Checkpoint(
-        model_config=model.config,
-        task=BRATS,
-        preprocess=PreprocessConfig(image_kind="mr"),
-        patch_size=WINDOW,
-        state_dict={k: v.clone() for k, v in model.state_dict().items()},
-    )
+    return random_checkpoint(3, WINDOW)
 
 
 @pytest.mark.parametrize("kind", ["mr", "ct", "ct-without-body"])

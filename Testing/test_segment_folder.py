@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import random_checkpoint
 
 import cldl.batch
-from cldl.checkpoint import Checkpoint, save_checkpoint
+from cldl.checkpoint import save_checkpoint
 from cldl.cli import main
 from cldl.data.phantoms import brats_phantom, write_case
-from cldl.data.preprocess import PreprocessConfig
 from cldl.io import read_image
-from cldl.model import ModelConfig, UNetLDL
 from cldl.tasks import BRATS
 
 MODEL = "brats-phantom-demo"
@@ -158,16 +157,7 @@ def test_a_case_whose_region_maps_fail_leaves_no_output(
 
 
 def test_a_plain_unet_has_no_region_maps_in_folder_mode(dataset: Path, tmp_path: Path, capsys) -> None:
-    model = UNetLDL(ModelConfig(base_width=4, ldl_stages=0))
-    checkpoint = Checkpoint(
-        model_config=model.config,
-        task=BRATS,
-        preprocess=PreprocessConfig(),
-        patch_size=(32, 32, 32),
-        state_dict=model.state_dict(),
-        provenance={},
-    )
-    path = save_checkpoint(checkpoint, tmp_path / "unet.pt")
+    path = save_checkpoint(random_checkpoint(ldl_stages=0), tmp_path / "unet.pt")
     out = tmp_path / "out"
     argv = ["segment", "--model", str(path), "-i", str(dataset), "-o", str(out), "--device", "cpu"]
     assert main([*argv, "--ldl-maps", str(tmp_path / "maps"), "--progress", "none"]) == 1

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_checkpoint
 
 from cldl.atomic import atomic_outputs
 from cldl.checkpoint import Checkpoint
@@ -85,15 +86,7 @@ def test_overlapping_windows_agree_with_one_large_window(size: int, gaussian: bo
 @pytest.fixture(scope="module")
 def checkpoint() -> Checkpoint:
     """A tiny BraTS checkpoint with random weights."""
-    model = _model(1)
-    return Checkpoint(
-        model_config=model.config,
-        task=BRATS,
-        preprocess=PreprocessConfig(image_kind="mr"),
-        patch_size=WINDOW,
-        state_dict={k: v.clone() for k, v in model.state_dict().items()},
-        provenance={"seed": 1},
-    )
+    return random_checkpoint(1, WINDOW)
 
 
 def _case(shape: tuple[int, int, int] = (40, 44, 36)) -> np.ndarray:
