@@ -17,10 +17,10 @@ from cldl.data.augment import (
     PlannedPatch,
     apply_intensity,
     draw_intensity,
-    intensity_augment,
     preset,
+    resample,
+    source_region,
     spatial_matrix,
-    transformed_patch,
 )
 from cldl.data.phantoms import brats_phantom
 from cldl.data.preprocess import PreprocessConfig, preprocess
@@ -47,11 +47,28 @@ def test_presets_and_unknown_names() -> None:
         TrainConfig(phantoms={}, augment="heavy")
 
 
+def _transformed_patch(
+    images: np.ndarray, labels: np.ndarray, centre: np.ndarray, patch: tuple[int, int, int], matrix, pad: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A patch sampled from the volume through ``matrix`` about ``centre`` (the sampler's source region + resample)."""
+    region = source_region(labels.shape, centre, patch, matrix)
+    source = torch.from_numpy(np.array(images[(slice(None),) + region], dtype=np.float32))
+    offset = centre - np.array([s.start for s in region])
+    x, y = resample(source, torch.from_numpy(np.array(labels[region])), offset, patch, matrix, pad)
+    return x.numpy(), y.numpy()
+
+
+def _intensity_augment(rng: np.random.Generator, x: np.ndarray, aug: Augmentation) -> np.ndarray:
+    """nnU-Net's intensity transforms drawn from ``rng`` and applied to a copy of one ``(C, z, y, x)`` patch."""
+    plan = draw_intensity(rng, aug, x.shape)
+    return apply_intensity(torch.from_numpy(np.array(x, dtype=np.float32, copy=True)), plan).numpy()
+
+
 def test_identity_transform_is_the_plain_crop() -> None:
     images, labels = _volume()
     start, patch = np.array([5, 6, 7]), (16, 16, 32)
     centre = start + (np.array(patch) - 1) / 2
-    x, y = transformed_patch(images, labels, centre, patch, np.eye(3), 0.0)
+    x, y = _transformed_patch(images, labels, centre, patch, np.eye(3), 0.0)
     window = tuple(slice(a, a + p) for a, p in zip(start, patch))
     assert np.allclose(x, images[(slice(None),) + window], atol=1e-5)
     assert np.array_equal(y, labels[window])
@@ -62,7 +79,7 @@ def test_quarter_turn_matches_numpy_rotation() -> None:
     patch = (16, 16, 16)
     centre = np.array([20.0, 22.0, 24.0]) - 0.5  # a voxel corner: the patch's voxels land on voxels
     quarter = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=float)  # 90 degrees in the y-x plane
-    x, y = transformed_patch(images, labels, centre, patch, quarter, 0.0)
+    x, y = _transformed_patch(images, labels, centre, patch, quarter, 0.0)
     window = tuple(slice(int(c - (p - 1) / 2), int(c - (p - 1) / 2) + p) for c, p in zip(centre, patch))
     plain = labels[window]
     candidates = [np.rot90(plain, k, axes=(1, 2)) for k in (1, 3)]
@@ -79,7 +96,7 @@ def test_spatial_augmentation_keeps_label_values_and_pads_outside() -> None:
         if matrix is None:
             continue
         seen += 1
-        x, y = transformed_patch(images, labels, np.array([3.0, 4.0, 40.0]), (16, 16, 16), matrix, -5.0)
+        x, y = _transformed_patch(images, labels, np.array([3.0, 4.0, 40.0]), (16, 16, 16), matrix, -5.0)
         assert x.shape == (2, 16, 16, 16) and y.shape == (16, 16, 16) and y.dtype == labels.dtype
         assert set(np.unique(y)) <= {0, 1, 2, 3}
         assert (x == -5.0).any()  # near a corner part of the patch lies outside: the pad value fills it
@@ -90,10 +107,10 @@ def test_intensity_augmentation_is_reproducible_and_keeps_shape() -> None:
     images, _ = _volume(3)
     patch = images[:, :16, :16, :16]
     aug = preset("nnunet")
-    outs = [intensity_augment(np.random.default_rng(s), patch, aug) for s in (1, 1, 2)]
+    outs = [_intensity_augment(np.random.default_rng(s), patch, aug) for s in (1, 1, 2)]
     assert outs[0].shape == patch.shape and outs[0].dtype == np.float32
     assert np.array_equal(outs[0], outs[1])
-    changed = [not np.array_equal(intensity_augment(np.random.default_rng(s), patch, aug), patch) for s in range(20)]
+    changed = [not np.array_equal(_intensity_augment(np.random.default_rng(s), patch, aug), patch) for s in range(20)]
     assert 5 < sum(changed) < 20
     assert np.array_equal(patch, images[:, :16, :16, :16])  # the input is left alone
 

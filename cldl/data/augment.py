@@ -163,23 +163,6 @@ def resample(
     return x[0] + pad_value, y[0, 0].to(source_labels.dtype)
 
 
-def transformed_patch(
-    images: np.ndarray,
-    labels: np.ndarray,
-    centre: np.ndarray,
-    patch: tuple[int, int, int],
-    matrix: np.ndarray,
-    pad_value: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A patch sampled from the volume through ``matrix`` about ``centre`` (linear images, nearest labels)."""
-    region = source_region(labels.shape, centre, patch, matrix)
-    source = torch.from_numpy(np.array(images[(slice(None),) + region], dtype=np.float32))
-    source_labels = torch.from_numpy(np.array(labels[region]))
-    offset = centre - np.array([s.start for s in region])
-    x, y = resample(source, source_labels, offset, patch, matrix, pad_value)
-    return x.numpy(), y.numpy()
-
-
 @dataclass(frozen=True, eq=False)  # holds tensors: compare their values, not the plans
 class IntensityPlan:
     """The random values of nnU-Net's intensity transforms for one patch (:func:`draw_intensity`)."""
@@ -245,12 +228,6 @@ def apply_intensity(t: torch.Tensor, plan: IntensityPlan) -> torch.Tensor:
         for c, gamma in enumerate(gammas):
             t[c] = _gamma(t[c], gamma, invert)
     return t
-
-
-def intensity_augment(rng: np.random.Generator, x: np.ndarray, aug: Augmentation) -> np.ndarray:
-    """nnU-Net's intensity transforms on one ``(C, z, y, x)`` patch (a new array; ``x`` is left alone)."""
-    plan = draw_intensity(rng, aug, x.shape)
-    return apply_intensity(torch.from_numpy(np.array(x, dtype=np.float32, copy=True)), plan).numpy()
 
 
 def _blur(channel: torch.Tensor, sigma: float) -> torch.Tensor:
