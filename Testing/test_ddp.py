@@ -52,11 +52,16 @@ def _run_workers(out: Path, results: Path, epochs: int, stop_call: int = 0) -> l
 
 def _worker(out: str, results: str, epochs: int, stop_call: int) -> None:
     """One rank: train (rank 1 asks to stop at its ``stop_call``-th check), record checkpoint writes, report."""
+    import torch
+
     import cldl.train as train_module
     from cldl.distributed import init_distributed, shutdown
     from cldl.events import Reporter
     from cldl.train import Trainer, validate
 
+    config = _config(epochs=epochs)  # imports conftest, which sets 2 threads for the test suite
+    torch.set_num_threads(1)  # as the `cldl train` ranks (OMP_NUM_THREADS=1): on some CPUs (AVX-512) gradients
+    # round differently with another thread count, and the resume through the command line would not be exact
     context = init_distributed("cpu")  # the worker owns the group, so it can check validation afterwards
     writes: list[str] = []
     original = train_module.save_checkpoint
@@ -72,7 +77,7 @@ def _worker(out: str, results: str, epochs: int, stop_call: int) -> None:
         calls[0] += 1
         return context.rank == 1 and stop_call > 0 and calls[0] >= stop_call
 
-    trainer = Trainer(_config(epochs=epochs), out, Reporter("none"), stop_requested=stop_requested, dist=context)
+    trainer = Trainer(config, out, Reporter("none"), stop_requested=stop_requested, dist=context)
     summary = trainer.run()
     # sharded validation equals one process validating every case, on every rank
     from cldl.checkpoint import load_checkpoint
@@ -185,6 +190,40 @@ def _worker_pids(agent: int, timeout: float = 30.0) -> dict[int, int]:
         time.sleep(0.1)
 
 
+def test_a_launched_process_ends_with_its_code_and_everything_it_printed(tmp_path: Path) -> None:
+    # `cldl train` under torchrun ends through end_launched_process (os._exit): nothing buffered may be lost
+    script = (
+        "import sys\n"
+        "from cldl.distributed import end_launched_process\n"
+        'sys.stdout.write(\'{"event": "result"}\\n\' * 2000)\n'
+        "sys.stderr.write('last words')\n"
+        "end_launched_process(3)\n"
+        "print('not reached')\n"
+    )
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), cwd=ROOT)
+    assert process.returncode == 3
+    assert process.stdout.splitlines() == ['{"event": "result"}'] * 2000
+    assert process.stderr == "last words"
+
+
+def test_the_training_command_ends_launched_processes_early_and_only_them(monkeypatch, tmp_path: Path) -> None:
+    import cldl.cli as cli
+    import cldl.distributed as distributed
+
+    ended: list[int] = []
+    monkeypatch.setattr(distributed, "end_launched_process", ended.append)
+    monkeypatch.setattr(cli, "cmd_train", lambda args, reporter: 0)
+    monkeypatch.delenv("RANK", raising=False)
+    assert cli.main(["train", "--out", str(tmp_path)]) == 0 and ended == []  # alone: an ordinary return
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cli.main(["train", "--out", str(tmp_path)])
+    assert ended == [0]
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
     sys.path.insert(0, str(HERE))
     _worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    from cldl.distributed import end_launched_process
+
+    end_launched_process(0)
