@@ -312,7 +312,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     }[args.command]
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_args, **_kw: _warn(reporter, message)
-        return _run(handler, args, reporter)
+        code = _run(handler, args, reporter)
+    if args.command == "train":
+        from .distributed import end_launched_process, launched_by_torchrun
+
+        if launched_by_torchrun():
+            end_launched_process(code)  # see its docstring: torch's gloo threads can abort interpreter finalisation
+    return code
 
 
 def _warn(reporter: Reporter, message: Warning | str) -> None:

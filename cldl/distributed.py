@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,26 @@ def init_distributed(device: str = "auto") -> DistContext:
             device_id=resolved if resolved.type == "cuda" else None,
         )
     return DistContext(rank, world, local, resolved, backend, owns)
+
+
+def end_launched_process(code: int) -> None:
+    """Flush and end a ``torchrun``-launched process now, skipping interpreter finalisation (never returns).
+
+    ``DistributedDataParallel`` in torch 2.13 keeps its process group alive after ``destroy_process_group`` (its
+    C++ reducer is never freed), so gloo's worker and socket threads are still running when Python finalises.
+    One that touches a tensor or the GIL during finalisation aborts the process ("terminate called without an
+    active exception", exit -6) after a run that finished and saved everything; CI saw this once. Every file is
+    closed by the time this is called, so ending the process here loses nothing and removes that race.
+    """
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (the reader quit) or a closed stream: nothing left to save
+            pass
+    os._exit(code)
 
 
 def shutdown(context: DistContext) -> None:
