@@ -360,7 +360,9 @@ def test_batched_in_place_windows_equal_a_naive_loop_up_to_rounding() -> None:
     reference = _naive_sliding_window(model, volume, (32, 32, 32), 0.5)
     for window_batch in (1, 3, 8):
         probs = sliding_window_probabilities(model, volume, (32, 32, 32), overlap=0.5, window_batch=window_batch)
-        torch.testing.assert_close(probs, reference, rtol=0, atol=2e-5)
+        # float32 convolutions round differently per batch size: up to 2.3e-5 on an AVX-512 CPU; a blending or
+        # placement error is orders of magnitude larger (overlap 0.25 instead of 0.5 differs by 0.6)
+        torch.testing.assert_close(probs, reference, rtol=0, atol=1e-4)
         assert (probs.argmax(0) != reference.argmax(0)).float().mean() < 1e-4  # rounding ties at most
 
 
