@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -88,11 +88,12 @@ def init_distributed(device: str = "auto") -> DistContext:
     return DistContext(rank, world, local, resolved, backend, owns)
 
 
-def end_launched_process(code: int) -> None:
+def end_launched_process(code: int) -> NoReturn:
     """Flush and end a ``torchrun``-launched process now, skipping interpreter finalisation (never returns).
 
-    ``DistributedDataParallel`` in torch 2.13 keeps its process group alive after ``destroy_process_group`` (its
-    C++ reducer is never freed), so gloo's worker and socket threads are still running when Python finalises.
+    ``DistributedDataParallel`` in torch 2.13 keeps its process group alive after ``destroy_process_group`` (the
+    Python objects are freed, the C++ group is not), so gloo's worker and socket threads still run when Python
+    finalises.
     One that touches a tensor or the GIL during finalisation aborts the process ("terminate called without an
     active exception", exit -6) after a run that finished and saved everything; CI saw this once. Every file is
     closed by the time this is called, so ending the process here loses nothing and removes that race.
