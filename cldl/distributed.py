@@ -9,6 +9,7 @@ here is a no-op and training runs in one process exactly as before.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import signal
 import sys
@@ -93,13 +94,10 @@ def end_launched_process(code: int) -> NoReturn:
 
     ``DistributedDataParallel`` in torch 2.13 keeps its process group alive after ``destroy_process_group`` (the
     Python objects are freed, the C++ group is not), so gloo's worker and socket threads still run when Python
-    finalises.
-    One that touches a tensor or the GIL during finalisation aborts the process ("terminate called without an
-    active exception", exit -6) after a run that finished and saved everything; CI saw this once. Every file is
-    closed by the time this is called, so ending the process here loses nothing and removes that race.
+    finalises. One that touches a tensor or the GIL during finalisation aborts the process ("terminate called
+    without an active exception", exit -6) after a run that finished and saved everything; CI saw this once.
+    Every file is closed by the time this is called, so ending the process here loses nothing and removes that race.
     """
-    import logging
-
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
