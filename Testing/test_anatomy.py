@@ -7,21 +7,24 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from cldl.data.anatomy import (
     BASE_CONTRAST,
     RANDOM_CONTRAST_RANGE,
     TISSUES,
+    VISIBILITY_RULES,
     AnatomyConfig,
     _contrasts,
     anatomy_case,
     load_t1_anatomy,
     mni152_anatomy,
+    visible,
 )
 from cldl.tasks import BRATS
 
 # Half resolution over the whole BraTS field of view: the same brain, ~8x fewer voxels (about a second a case).
-SMALL = AnatomyConfig(shape=(78, 120, 120), spacing=2.0)
+SMALL = AnatomyConfig(shape=(78, 120, 120), spacing=2.0, p_healthy=0.0)
 
 
 def _tissue_medians(case, modality: str, classes: dict[str, int]) -> dict[str, float]:
@@ -113,7 +116,7 @@ def test_contrast_draws_stay_in_their_ranges() -> None:
 
 
 def test_lgg_like_cases_have_no_enhancing_tumour() -> None:
-    config = AnatomyConfig(shape=SMALL.shape, spacing=SMALL.spacing, p_lgg=1.0)
+    config = AnatomyConfig(shape=SMALL.shape, spacing=SMALL.spacing, p_lgg=1.0, p_healthy=0.0)
     for seed in (0, 1):
         case = anatomy_case(seed, config)
         assert (case.labels == 4).sum() == 0 and (case.labels > 0).sum() > 0
@@ -178,3 +181,49 @@ def test_skull_stripping_errors_leave_exact_zeros_outside_the_mask() -> None:
         assert (nonzero.sum(0)[support] >= 3).mean() > 0.995  # no faint halo in one channel only
         low = (case.images > 0) & (case.images < 0.01 * case.images.max(axis=(1, 2, 3), keepdims=True))
         assert low.sum() < 0.01 * nonzero.sum()
+
+
+def test_realistic_draws_keep_the_tumour_visible_on_every_sequence() -> None:
+    """The jitter never yields what no scanner shows (a rim that does not enhance, edema as dark as white matter)."""
+    config = AnatomyConfig(p_random_contrast=0.0, contrast_jitter=(0.25, 0.25))
+    rng = np.random.default_rng(1)
+    draws = [_contrasts(rng, config)[0] for _ in range(300)]
+    assert all(visible(m) for m in draws)
+    assert len({m.tobytes() for m in draws}) == 300  # still jittered, not a constant fallback
+    assert visible(BASE_CONTRAST)
+    broken = BASE_CONTRAST.copy()
+    broken[2, TISSUES.index("enhancing")] = broken[2, TISSUES.index("wm")]  # the T1ce rim does not enhance
+    assert not visible(broken)
+    assert {rule[0] for rule in VISIBILITY_RULES} == {0, 1, 2, 3}  # a rule for every sequence
+
+
+def test_a_realistic_case_shows_its_tumour_where_a_reader_looks() -> None:
+    """Edema brighter than the healthy brain on FLAIR and T2, the enhancing rim brighter on T1ce (seeded cases)."""
+    config = AnatomyConfig(shape=SMALL.shape, spacing=SMALL.spacing, p_random_contrast=0.0, p_healthy=0.0, p_lgg=0.0)
+    for seed in (90000, 3, 4):
+        case = anatomy_case(seed, config)
+        brain = case.images[0] > 0
+        for modality, label, ratio in (("flair", 2, 1.1), ("t2", 2, 1.1), ("t1ce", 4, 1.1)):
+            image = case.images[BRATS.modalities.index(modality)]
+            if (case.labels == label).sum() < 20:
+                continue
+            healthy = np.median(image[brain & (case.labels == 0)])
+            assert np.median(image[case.labels == label]) > ratio * healthy, (seed, modality)
+
+
+def test_healthy_brains_have_no_tumour_and_no_edema_anywhere() -> None:
+    config = AnatomyConfig(shape=SMALL.shape, spacing=SMALL.spacing, p_healthy=1.0)
+    case = anatomy_case(5, config)
+    assert (case.labels == 0).all()
+    assert np.array_equal(case.fractions[0], np.ones_like(case.fractions[0]))
+    assert (case.images.max(0) > 0).sum() * 8 / 1000 > 1000  # a whole brain (ml) is still there
+
+
+@pytest.mark.parametrize("seed", [7, 8])  # before the fix: 4.7 % and 0.12 % edema 60 mm away
+def test_edema_ends_at_its_front_far_from_the_tumour(seed: int) -> None:
+    """No faint edema fraction spread over the whole brain: below 0.1 % beyond the diffusion front."""
+    case = anatomy_case(seed, SMALL)
+    tumour = case.labels > 0
+    far = ndimage.distance_transform_edt(~tumour, sampling=2.0) > 60
+    assert tumour.any() and far.any()
+    assert case.fractions[2][far].max() < 1e-3

@@ -205,3 +205,32 @@ def test_config_refuses_a_one_voxel_bottleneck() -> None:
     with pytest.raises(ValueError, match="bottleneck"):
         tiny_config(patch_size=[16, 16, 16])
     assert tiny_config(patch_size=[16, 16, 32]).patch_size == [16, 16, 32]
+
+
+def test_warm_start_begins_from_the_given_weights_and_records_them(tmp_path: Path) -> None:
+    """init_from loads a checkpoint's weights before the first step, records its sha256, and survives a resume."""
+    from cldl.zoo import sha256_of
+
+    first = tmp_path / "first"
+    Trainer(_resume_config(epochs=1), first, Reporter("none")).run()
+    source = load_checkpoint(first / "last.pt")
+
+    trainer = Trainer(_resume_config(epochs=1, init_from=str(first / "last.pt"), seed=11), tmp_path / "warm")
+    run = trainer._restore(resume=False)
+    run.prefetcher.close()
+    for key, value in source.state_dict.items():
+        assert torch.equal(run.model.state_dict()[key], value), key
+    cold = Trainer(_resume_config(epochs=1, seed=11), tmp_path / "cold")._restore(resume=False)
+    cold.prefetcher.close()
+    assert not torch.equal(cold.model.state_dict()["seg_head.weight"], source.state_dict["seg_head.weight"])
+
+    warm = tmp_path / "warm2"
+    Trainer(_resume_config(epochs=1, init_from=str(first / "last.pt")), warm, Reporter("none")).run()
+    record = load_checkpoint(warm / "last.pt").provenance["warm_start"]
+    assert record["sha256"] == sha256_of(first / "last.pt") and record["epochs"] == 1
+    Trainer(_resume_config(epochs=2, init_from=str(first / "last.pt")), warm, Reporter("none")).run(resume=True)
+    assert load_checkpoint(warm / "best.pt").provenance["warm_start"] == record
+
+    with pytest.raises(ValueError, match="warm start needs the same"):
+        Trainer(_resume_config(model={"base_width": 8}, init_from=str(first / "last.pt")), tmp_path / "bad").run()
+    assert not (tmp_path / "bad" / "last.pt").exists() and (warm / "config.json").is_file()

@@ -108,6 +108,7 @@ class TrainConfig:
     cudnn_benchmark: bool = True  # let cuDNN time and pick the fastest convolution algorithms (GPU)
     preprocess: dict[str, Any] = field(default_factory=dict)  # PreprocessConfig keys, e.g. target_spacing
     cache: str | None = "auto"  # preprocessed-case cache: "auto" ($CLDL_DATA_CACHE or ~/.cache/cldl), a folder, null
+    init_from: str | None = None  # warm start: the weights of a model name or checkpoint path (same task and network)
 
     def __post_init__(self) -> None:
         if (self.data is None) == (self.phantoms is None):
@@ -477,6 +478,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.stop_requested = stop_requested or (lambda: False)
         self.stop_agreed = False  # set by every step: all ranks agreed to stop after it
+        self.warm_start: dict[str, Any] | None = None  # where init_from's weights came from (provenance)
         self.task = get_task(config.task)
         self._owns_dist = dist is None  # a context passed in is left open for its owner
         self.dist = dist or init_distributed(config.device)  # joins torchrun's process group, if launched so
@@ -551,6 +553,9 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(config.seed)
         model = UNetLDL(self.model_config).to(self.device)
+        if config.init_from and not resume:
+            self.warm_start = warm_start(model, config.init_from, self.task, self.model_config)
+            self.reporter.log(f"warm start from {self.warm_start['path']} (sha256 {self.warm_start['sha256'][:12]})")
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         optimizer = torch.optim.Adam(
@@ -601,6 +606,7 @@ class Trainer:
         saved = load_checkpoint(last_path, map_location=self.device)
         state = saved.training_state
         run.model.load_state_dict(saved.state_dict)
+        self.warm_start = saved.provenance.get("warm_start")
         load_optimizer_state(run.optimizer, state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         run.scaler.load_state_dict(state["scaler"])
@@ -839,7 +845,28 @@ class Trainer:
             "python": platform.python_version(),
             "command": " ".join(sys.argv),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "warm_start": self.warm_start,
         }
+
+
+def warm_start(model: UNetLDL, name_or_path: str, task: Task, model_config: ModelConfig) -> dict[str, Any]:
+    """Load the weights of a model name or checkpoint into ``model``; returns where they came from (provenance)."""
+    from .zoo import resolve_model, sha256_of
+
+    path = resolve_model(name_or_path)
+    saved = load_checkpoint(path)
+    if saved.task.name != task.name or saved.model_config != model_config:
+        raise ValueError(
+            f"init_from {name_or_path}: its task {saved.task.name!r} and network {saved.model_config.to_dict()} "
+            f"differ from this run's {task.name!r} and {model_config.to_dict()}; warm start needs the same ones"
+        )
+    model.load_state_dict(saved.state_dict)
+    return {
+        "path": str(path),
+        "sha256": sha256_of(path),
+        "epochs": saved.provenance.get("epoch"),
+        "metrics": saved.provenance.get("metrics", {}),
+    }
 
 
 def adam_options(impl: str) -> dict[str, bool]:

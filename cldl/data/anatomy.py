@@ -68,6 +68,19 @@ BASE_CONTRAST = np.array(
     dtype=np.float64,
 )
 RANDOM_CONTRAST_RANGE = (0.05, 2.0)
+# What makes a tumour visible on every real scanner, as ratios (modality, tissue, other tissues, minimum ratio):
+# a realistic draw whose jitter breaks one (an "enhancing" rim that does not enhance, edema as dark as white matter
+# on FLAIR) is drawn again. Fully random contrasts (domain randomisation) are exempt.
+VISIBILITY_RULES = (
+    (0, "edema", ("gm", "wm"), 1.2),  # FLAIR: edema brighter than parenchyma
+    (0, "non_enhancing", ("gm", "wm"), 1.1),  # FLAIR: non-enhancing tumour bright
+    (0, "wm", ("csf",), 1.6),  # FLAIR: CSF suppressed
+    (1, "wm", ("necrosis", "edema", "gm"), 1.15),  # T1: white matter brighter than tumour, edema and grey matter
+    (2, "enhancing", ("gm", "wm"), 1.3),  # T1ce: the enhancing tumour enhances
+    (2, "wm", ("necrosis",), 1.3),  # T1ce: necrosis dark
+    (3, "edema", ("gm", "wm"), 1.2),  # T2: edema bright
+    (3, "csf", ("gm", "wm"), 1.3),  # T2: CSF brightest
+)
 
 
 @dataclass(frozen=True)
@@ -88,7 +101,8 @@ class AnatomyConfig:
     p_multifocal: float = 0.15
     edema_mm: tuple[float, float] = (2.0, 35.0)  # reach of the edema front beyond the bulk
     mass_effect: tuple[float, float] = (0.3, 0.9)  # displaced volume as a fraction of the core's radius
-    p_random_contrast: float = 0.15
+    p_random_contrast: float = 0.1
+    p_healthy: float = 0.1  # a brain with no tumour (no mass effect, all background)
     contrast_jitter: tuple[float, float] = (0.08, 0.25)  # log-sd of the realistic contrasts, drawn per case
     texture: tuple[float, float] = (0.02, 0.10)
     noise: tuple[float, float] = (0.01, 0.06)  # Rician noise sd relative to the brain's mean intensity
@@ -113,7 +127,7 @@ class AnatomyConfig:
 
 
 REALISTIC = AnatomyConfig(
-    p_random_contrast=0.0, p_strip_error=0.0, elastic_mm=(0.0, 1.0), rotation_deg=5.0, scale=(0.95, 1.05)
+    p_random_contrast=0.0, p_healthy=0.0, p_strip_error=0.0, elastic_mm=(0.0, 1.0), rotation_deg=5.0, scale=(0.95, 1.05)
 )
 """A scan as it comes from a BraTS-style pipeline: realistic contrasts only, a clean skull strip, mild deformation.
 Used for the demo case and for test cases on another brain (Colin27); training uses the wider defaults."""
@@ -376,7 +390,22 @@ def _contrasts(rng: np.random.Generator, config: AnatomyConfig) -> tuple[np.ndar
     if rng.random() < config.p_random_contrast:
         return rng.uniform(*RANDOM_CONTRAST_RANGE, BASE_CONTRAST.shape), True
     jitter = rng.uniform(*config.contrast_jitter)
-    return BASE_CONTRAST * np.exp(rng.normal(0.0, jitter, BASE_CONTRAST.shape)), False
+    for _ in range(100):
+        means = BASE_CONTRAST * np.exp(rng.normal(0.0, jitter, BASE_CONTRAST.shape))
+        if visible(means):
+            return means, False
+        jitter *= 0.95
+    return BASE_CONTRAST.copy(), False
+
+
+def visible(means: np.ndarray) -> bool:
+    """True when mean intensities ``(4, 7)`` keep every :data:`VISIBILITY_RULES` ratio."""
+    column = {name: k for k, name in enumerate(TISSUES)}
+    return all(
+        means[m, column[bright]] >= ratio * means[m, column[other]]
+        for m, bright, others, ratio in VISIBILITY_RULES
+        for other in others
+    )
 
 
 def _brain_box(mapping: _Mapping, anatomy: torch.Tensor, margin: int = 6) -> tuple[tuple[slice, ...], torch.Tensor]:
@@ -424,6 +453,9 @@ def _build(rng: np.random.Generator, seed: int, config: AnatomyConfig, anatomy: 
     # the push may be centred up to the elastic amplitude, <= 3 mm, off the tumour's centre; kept: seeds reproduce)
     centre_atlas = mapping.to_atlas(torch.from_numpy(centre_mm.astype(np.float32))[None], with_mass=False)[0]
     mapping.mass = (centre_atlas.numpy(), radius * rng.uniform(*config.mass_effect), rng.uniform(10, 25))
+    healthy = config.p_healthy > 0 and rng.random() < config.p_healthy
+    if healthy:
+        mapping.mass = None
 
     mm = mapping.output_mm(box)
     maps = _sample(atlas, mapping.to_atlas(mm))  # (3, z, y, x): brain, gm, wm
@@ -438,7 +470,7 @@ def _build(rng: np.random.Generator, seed: int, config: AnatomyConfig, anatomy: 
         offset = direction / np.linalg.norm(direction) * (radius + rng.uniform(8, 25))
         b2, n2, e2 = _tumour_focus(rng, mm, centre_mm + offset, radius * rng.uniform(0.3, 0.6), config, lgg)
         bulk, necrosis, enhancing = torch.maximum(bulk, b2), torch.maximum(necrosis, n2), torch.maximum(enhancing, e2)
-    bulk = torch.minimum(bulk, brain)
+    bulk = torch.minimum(bulk, brain) * (not healthy)
     necrosis = torch.minimum(necrosis, bulk)
     enhancing = torch.minimum(enhancing, bulk - necrosis)
     non_enhancing = bulk - necrosis - enhancing
@@ -449,7 +481,9 @@ def _build(rng: np.random.Generator, seed: int, config: AnatomyConfig, anatomy: 
     concentration = _diffuse((bulk > 0.5).float(), wm + 0.1 * gm, steps)
     threshold = rng.uniform(0.08, 0.3)
     healthy_tissue = (gm + wm) * (1 - bulk / brain.clamp_min(1e-6))
-    edema = torch.sigmoid((concentration - threshold) / 0.03) * healthy_tissue
+    floor = math.exp(-threshold / 0.03) / (1 + math.exp(-threshold / 0.03))  # the front's value far away: none
+    front = ((torch.sigmoid((concentration - threshold) / 0.03) - floor) / (1 - floor)).clamp_min(0)
+    edema = front * healthy_tissue
     edema = torch.minimum(edema, brain - bulk)
 
     # Tissue fractions: the tumour takes its share of every tissue; edema replaces grey and white matter.
