@@ -129,9 +129,11 @@ def test_folder_segmentation_benchmark_quick(tmp_path: Path) -> None:
 
 
 def test_real_anatomy_benchmark_quick(tmp_path: Path) -> None:
-    out = _run([sys.executable, str(BENCH / "real_anatomy_accuracy.py"), "--quick", "--out", str(tmp_path)])
+    out = _run([sys.executable, str(BENCH / "real_anatomy_accuracy.py"), "--quick", "--out", str(tmp_path)], 480)
     assert "generator: 1 cases" in out and "error rate per uncertainty bin" in out
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results) == {"generator"}
+    assert set(results) == {"generator", "generator_training_distribution", "healthy", "inference_seconds"}
     assert len(results["generator"]["error_rate_by_uncertainty"]["error_rate"]) == 10
+    assert "tumour marked on healthy brains" in out and results["healthy"]["cases"][0]["tumour_ml"] >= 0
+    assert results["inference_seconds"]["brats-anatomy"] > 0
     assert (tmp_path / "uncertainty_vs_error.png").is_file()

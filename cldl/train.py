@@ -866,6 +866,7 @@ def warm_start(model: UNetLDL, name_or_path: str, task: Task, model_config: Mode
         "sha256": sha256_of(path),
         "epochs": saved.provenance.get("epoch"),
         "metrics": saved.provenance.get("metrics", {}),
+        "warm_start": saved.provenance.get("warm_start"),  # the source's own warm start: the whole chain
     }
 
 
