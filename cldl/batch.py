@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_outputs
+from .atomic import FileState, atomic_outputs, file_states
 from .data.datasets import CaseFiles, discover_cases, read_case
 from .events import Reporter
 from .infer import Prediction, Predictor
@@ -83,11 +83,13 @@ def _write_case(
     geometry: Geometry,
     outputs: FolderOutputs,
     case_id: str,
+    expected: dict[Path, FileState] | None = None,
 ) -> None:
-    """Write every output of one case, all or none (see :mod:`cldl.atomic`)."""
+    """Write every output of one case, all or none (see :mod:`cldl.atomic`; ``expected``: the state of its files
+    when the run started, so that none that appeared meanwhile is replaced)."""
     targets = outputs.files(case_id)
     maps = outputs.maps_folder(case_id)
-    with atomic_outputs() as staged:
+    with atomic_outputs(expected) as staged:
         write_labels(prediction.labels, geometry, staged.path(targets[0]), predictor.task)
         rest = iter(targets[1:])
         if outputs.uncertainty is not None:
@@ -125,6 +127,7 @@ def segment_folder(
     todo = [case for case in cases if overwrite or not outputs.finished(case.case_id)]
     if len(todo) < len(cases):
         reporter.log(f"{len(cases) - len(todo)} of {len(cases)} case(s) already segmented in {outputs.labels}; skipped")
+    expected = file_states(path for case in todo for path in outputs.files(case.case_id))
     done, errors, seconds = [], [], {}
     with ThreadPoolExecutor(max_workers=1) as reader:  # reads case i+1 while case i runs
         pending: Future | None = reader.submit(_read, todo[0], predictor) if todo else None
@@ -145,7 +148,7 @@ def segment_folder(
                     geometry=geometry,
                     stage_maps=ldl_interpolation if outputs.ldl_maps is not None else None,
                 )
-                _write_case(predictor, prediction, geometry, outputs, case.case_id)
+                _write_case(predictor, prediction, geometry, outputs, case.case_id, expected)
             except CASE_ERRORS as exc:
                 _remove_if_empty(outputs.maps_folder(case.case_id))
                 text = str(exc).strip()

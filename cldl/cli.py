@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__, defaults
+from .atomic import FileState
 from .events import PROGRESS_MODES, Reporter
 
 DEMO_SEED = 90_000
+STOPPED_STATUS = 128 + 15  # the shell's status of a process ended by SIGTERM
 SAMPLE_SEED = 0  # the case of Slicer's Sample Data module (cldl sample)
 
 
@@ -310,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sample": cmd_sample,
         "ablate": cmd_ablate,
     }[args.command]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _sigterm_stops():
         warnings.showwarning = lambda message, *_args, **_kw: _warn(reporter, message)
         code = _run(handler, args, reporter)
     if args.command == "train":
@@ -319,6 +324,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         if launched_by_torchrun():
             end_launched_process(code)  # see its docstring: torch's gloo threads can abort interpreter finalisation
     return code
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler, Slicer's Cancel, ``kill``): the command stops as on Ctrl+C, cleaning up."""
+
+
+def _raise_stopped(number: int, _frame: object) -> None:
+    """The SIGTERM handler: stop the command where it is."""
+    raise Stopped(signal.Signals(number).name)
+
+
+@contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """SIGTERM raises :class:`Stopped` during the block (``cldl train`` and ``ablate`` put their graceful stop in
+    its place while they train)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _warn(reporter: Reporter, message: Warning | str) -> None:
@@ -332,10 +360,11 @@ def _run(handler: Callable[[argparse.Namespace, Reporter], int], args: argparse.
     """Run a command; expected failures become one ``cldl: error:`` line and exit status 1."""
     try:
         return handler(args, reporter)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         reporter.close()
-        print("cldl: interrupted", file=sys.stderr)
-        return 130
+        stopped = isinstance(exc, Stopped)
+        print("cldl: stopped by SIGTERM" if stopped else "cldl: interrupted", file=sys.stderr)
+        return STOPPED_STATUS if stopped else 130
     except (ValueError, OSError, RuntimeError) as exc:  # every expected failure is one of these
         reporter.close()
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -354,8 +383,10 @@ def _error_line(reporter: Reporter, message: str) -> None:
     print(f"cldl: error: {message}", file=sys.stderr)
 
 
-def _check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> None:
-    """Refuse outputs that would replace an input, collide, exist (without overwrite) or cannot be written."""
+def _check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> dict[Path, FileState]:
+    """Refuse outputs that would replace an input, collide, exist (without overwrite) or cannot be written; returns
+    their state now, which the final move checks (:mod:`cldl.atomic`: nothing that appears meanwhile is replaced)."""
+    from .atomic import file_states
     from .io import ensure_writable
 
     resolved_inputs = {p.resolve() for p in inputs}
@@ -370,6 +401,7 @@ def _check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> 
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
         ensure_writable(path)
+    return file_states(outputs)
 
 
 def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -385,8 +417,9 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
 
     folder_mode = len(args.images) == 1 and _is_dataset_folder(args.images[0])
     outputs = [p for p in (args.output, args.uncertainty, args.probabilities) if p is not None]
+    expected: dict[Path, FileState] = {}
     if not folder_mode:
-        _check_outputs(outputs, list(args.images), args.overwrite)
+        expected = _check_outputs(outputs, list(args.images), args.overwrite)
     started = time.perf_counter()
     predictor = Predictor(
         resolve_model(args.model or DEFAULT_MODEL),
@@ -414,9 +447,10 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
     )
     if args.ldl_maps is not None:
         names = [f.name for stage in stage_map_files(prediction.stage_maps, predictor.task) for f in stage]
-        _check_outputs(outputs + [args.ldl_maps / n for n in names], list(args.images), args.overwrite)
+        maps = [args.ldl_maps / n for n in names]
+        expected = {**_check_outputs(outputs + maps, list(args.images), args.overwrite), **expected}  # first wins
     ldl_maps: list[dict] = []
-    with atomic_outputs() as staged:  # all outputs or none; existing files stay untouched on failure
+    with atomic_outputs(expected) as staged:  # all outputs or none; existing files stay untouched on failure
         write_labels(prediction.labels, geometry, staged.path(args.output), predictor.task)
         if args.uncertainty:
             write_unit_interval(prediction.uncertainty, geometry, staged.path(args.uncertainty))
@@ -542,11 +576,11 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     from .tasks import get_task
 
     task = get_task(args.task)
-    reports = {}
+    reports, expected = {}, {}
     if args.out is not None:
         reports = {name: args.out / name for name in ("metrics.csv", "summary.json", "summary.md")}
         inputs = [p for p in (args.pred, args.ref, args.uncertainty, args.probabilities, args.mask) if p]
-        _check_report_paths(list(reports.values()), [Path(p) for p in inputs if p != "auto"], args.overwrite)
+        expected = _check_report_paths(list(reports.values()), [Path(p) for p in inputs if p != "auto"], args.overwrite)
     uncertainty = args.uncertainty
     probabilities = args.probabilities or ("auto" if uncertainty is not None else None)
     results = evaluate_folders_or_files(
@@ -588,7 +622,7 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
                 "qu_brats_thresholds": 41,
             },
         }
-        with atomic_outputs() as staged:
+        with atomic_outputs(expected) as staged:
             write_csv(results, staged.path(reports["metrics.csv"]))
             text = json.dumps(_clean_json(document), indent=2, default=_json_float)
             staged.path(reports["summary.json"]).write_text(text, encoding="utf-8")
@@ -607,8 +641,10 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     return 0
 
 
-def _check_report_paths(outputs: list[Path], inputs: list[Path], overwrite: bool) -> None:
-    """Refuse report files that would replace an input or an existing file (without --overwrite)."""
+def _check_report_paths(outputs: list[Path], inputs: list[Path], overwrite: bool) -> dict[Path, FileState]:
+    """Refuse report files that would replace an input or an existing file (without --overwrite); returns their
+    state now, which the final move checks."""
+    from .atomic import file_states
     from .io import ensure_writable
 
     protected = {p.resolve() for p in inputs}
@@ -619,6 +655,7 @@ def _check_report_paths(outputs: list[Path], inputs: list[Path], overwrite: bool
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
         ensure_writable(path)
+    return file_states(outputs)
 
 
 def _clean_json(value: object) -> object:

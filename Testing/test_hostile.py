@@ -1,0 +1,244 @@
+"""Hostile but realistic use of the command line (docs/hostile_inputs.md): real files, real processes and real
+signals; each test checks the exit status, the one error line and what is left in the output folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import random_checkpoint
+
+from cldl import atomic
+from cldl.checkpoint import save_checkpoint
+from cldl.cli import main
+from cldl.tasks import BRATS
+
+SENTINEL = b"someone else's file, must survive"
+SLOW = ["--overlap", "0.9", "--window-batch", "1"]  # hundreds of windows: seconds, time to act during the run
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BraTS checkpoint on disk."""
+    return save_checkpoint(random_checkpoint(), tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+def _images(phantom_files: dict[str, Path]) -> list[str]:
+    return [str(phantom_files[m]) for m in BRATS.modalities]
+
+
+def _cldl(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cldl", *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _leftovers(folder: Path) -> list[str]:
+    """Hidden temporary files or folders under ``folder``."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*"))
+
+
+def _error_line(stderr: str) -> str:
+    """The single line on stderr, which must be a ``cldl:`` line."""
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("cldl: "), stderr
+    return lines[0]
+
+
+def _start(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+
+
+def _wait_for_progress(process: subprocess.Popen) -> None:
+    """Read events until the first inference progress event (the run is under way)."""
+    for line in process.stdout:
+        if json.loads(line)["event"] == "progress":
+            return
+    raise AssertionError(f"no progress event; stderr: {process.stderr.read()}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1: no file replaced that was not there (or not the one checked) at the start
+
+
+def test_two_concurrent_runs_with_one_output_one_wins(model: Path, phantom_files: dict, tmp_path: Path) -> None:
+    output = tmp_path / "seg.nii.gz"
+    argv = _cldl("segment", "--model", str(model), "-i", *_images(phantom_files), "-o", str(output), "--device", "cpu")
+    runs = [_start([*argv, "--progress", "none"]) for _ in range(2)]
+    results = [(run.wait(timeout=600), *run.communicate()) for run in runs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 1], results
+    _, _, stderr = next(r for r in results if r[0] == 1)
+    line = _error_line(stderr)
+    assert "appeared while this run was going" in line or "exists; pass --overwrite" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.nii.gz"]
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_file_written_during_a_run_is_not_replaced(
+    overwrite: bool, model: Path, phantom_files: dict, tmp_path: Path
+) -> None:
+    output, uncertainty = tmp_path / "seg.nii.gz", tmp_path / "unc.nii.gz"
+    if overwrite:
+        output.write_bytes(b"the old result, to be replaced")
+    argv = _cldl("segment", "--model", str(model), "-i", *_images(phantom_files), "-o", str(output))
+    argv += ["--uncertainty", str(uncertainty), "--device", "cpu", "--progress", "jsonl", *SLOW]
+    process = _start(argv + (["--overwrite"] if overwrite else []))
+    _wait_for_progress(process)
+    replacement = tmp_path / "copy.tmp"
+    replacement.write_bytes(SENTINEL)
+    os.replace(replacement, output)  # another program's result lands there while cldl runs
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 1
+    line = _error_line(stderr)
+    expected = "was replaced or changed by someone else" if overwrite else "appeared while this run was going"
+    assert expected in line and str(output) in line, line
+    assert output.read_bytes() == SENTINEL
+    assert not uncertainty.exists()  # the set is all or nothing
+    assert _leftovers(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2: SIGTERM stops like Ctrl+C, and stale temporaries are removed
+
+
+def test_sigterm_during_inference_leaves_nothing(model: Path, phantom_files: dict, tmp_path: Path) -> None:
+    output = tmp_path / "out" / "seg.nii.gz"
+    argv = _cldl("segment", "--model", str(model), "-i", *_images(phantom_files), "-o", str(output))
+    process = _start([*argv, "--device", "cpu", "--progress", "jsonl", *SLOW])
+    _wait_for_progress(process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 143
+    assert _error_line(stderr) == "cldl: stopped by SIGTERM"
+    assert not output.parent.exists() or list(output.parent.iterdir()) == []
+
+
+def test_sigterm_while_writing_removes_the_temporary_files(
+    model: Path, phantom_files: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd
+) -> None:
+    import cldl.io
+
+    real = cldl.io.write_unit_interval
+
+    def write_then_terminated(*args, **kwargs):
+        written = real(*args, **kwargs)  # the label map and this map are staged in hidden folders now
+        assert _leftovers(tmp_path)
+        os.kill(os.getpid(), signal.SIGTERM)  # what a batch scheduler or Slicer's Cancel sends
+        return written
+
+    monkeypatch.setattr(cldl.io, "write_unit_interval", write_then_terminated)
+    handler = signal.getsignal(signal.SIGTERM)
+    output, uncertainty = tmp_path / "seg.nii.gz", tmp_path / "unc.nii.gz"
+    argv = ["segment", "--model", str(model), "-i", *_images(phantom_files), "-o", str(output)]
+    assert main([*argv, "--uncertainty", str(uncertainty), "--device", "cpu", "--progress", "none"]) == 143
+    assert _error_line(capfd.readouterr().err) == "cldl: stopped by SIGTERM"
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is handler  # put back after the command
+
+
+def test_stale_temporaries_of_an_output_are_removed_by_the_next_run(
+    model: Path, phantom_files: dict, tmp_path: Path, capfd
+) -> None:
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    output = tmp_path / "seg.nii.gz"
+    stale = tmp_path / f".seg.nii.gz.{ended.pid}.k1ll3d.part"  # left by a run killed with SIGKILL
+    stale.mkdir()
+    (stale / "seg.nii.gz").write_bytes(b"\0" * 2048)
+    running = tmp_path / f".seg.nii.gz.{os.getpid()}.busy.part"  # a run that is still going
+    running.mkdir()
+    other = tmp_path / f".other.nii.gz.{ended.pid}.k1ll3d.part"  # not an output of this run
+    other.mkdir()
+    argv = ["segment", "--model", str(model), "-i", *_images(phantom_files), "-o", str(output)]
+    assert main([*argv, "--device", "cpu", "--progress", "none"]) == 0
+    assert capfd.readouterr().err == ""
+    assert output.is_file()
+    assert not stale.exists() and running.is_dir() and other.is_dir()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3: the outputs of one run are replaced together
+
+
+def _three_outputs(folder: Path) -> list[Path]:
+    targets = [folder / name for name in ("seg.nii.gz", "unc.nii.gz", "prob.nii.gz")]
+    for target in targets:
+        target.write_bytes(b"old " + target.name.encode())
+    return targets
+
+
+def test_a_failure_between_moves_restores_the_old_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    targets = _three_outputs(tmp_path)
+    real, moved = os.replace, []
+
+    def fail_on_the_second(source, target):
+        if Path(target) in targets:
+            moved.append(target)
+            if len(moved) == 2:
+                raise OSError(28, "No space left on device")
+        return real(source, target)
+
+    with pytest.raises(OSError, match="No space"):
+        with atomic.atomic_outputs() as staged:
+            for target in targets:
+                staged.path(target).write_bytes(b"new " + target.name.encode())
+            monkeypatch.setattr(atomic.os, "replace", fail_on_the_second)
+    monkeypatch.undo()
+    assert [t.read_bytes() for t in targets] == [b"old " + t.name.encode() for t in targets]
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_stop_signal_during_the_moves_waits_for_the_whole_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    targets = _three_outputs(tmp_path)
+    seen: list[list[bytes]] = []
+
+    def note(number, frame):  # the state of the files when the signal is finally handled
+        seen.append([t.read_bytes() for t in targets])
+
+    real_move = atomic._move
+
+    def move_and_signal(source, target, expected):
+        done = real_move(source, target, expected)
+        if not seen and target == targets[0]:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives after the first of three moves
+        return done
+
+    previous = signal.signal(signal.SIGTERM, note)
+    try:
+        monkeypatch.setattr(atomic, "_move", move_and_signal)
+        with atomic.atomic_outputs() as staged:
+            for target in targets:
+                staged.path(target).write_bytes(b"new " + target.name.encode())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [[b"new " + t.name.encode() for t in targets]]
+    assert _leftovers(tmp_path) == []
+
+
+def test_staging_keeps_a_copy_when_the_folder_has_no_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(atomic.os, "link", no_links)
+    with atomic.atomic_path(tmp_path / "new.txt") as path:
+        path.write_text("new")
+    assert (tmp_path / "new.txt").read_text() == "new" and _leftovers(tmp_path) == []
+    with pytest.raises(atomic.OutputChanged, match="appeared while this run"):
+        with atomic.atomic_path(tmp_path / "late.txt") as path:
+            path.write_text("mine")
+            (tmp_path / "late.txt").write_bytes(SENTINEL)
+    assert (tmp_path / "late.txt").read_bytes() == SENTINEL and _leftovers(tmp_path) == []
