@@ -242,3 +242,51 @@ def test_staging_keeps_a_copy_when_the_folder_has_no_hard_links(
             path.write_text("mine")
             (tmp_path / "late.txt").write_bytes(SENTINEL)
     assert (tmp_path / "late.txt").read_bytes() == SENTINEL and _leftovers(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4: a diverged checkpoint (NaN weights) is refused
+
+
+def test_a_checkpoint_with_nan_weights_is_refused(phantom_files: dict, tmp_path: Path, capfd) -> None:
+    import torch
+
+    checkpoint = random_checkpoint()
+    name = next(k for k, v in checkpoint.state_dict.items() if v.is_floating_point())
+    checkpoint.state_dict[name] = torch.full_like(checkpoint.state_dict[name], float("nan"))
+    model = save_checkpoint(checkpoint, tmp_path / "diverged.pt")
+    out = tmp_path / "out"
+    argv = ["segment", "--model", str(model), "-i", *_images(phantom_files), "-o", str(out / "seg.nii.gz")]
+    assert main([*argv, "--device", "cpu", "--progress", "jsonl"]) == 1
+    stdout, stderr = capfd.readouterr()
+    line = _error_line(stderr)
+    assert "weight tensors hold NaN or Inf" in line and name in line, line
+    assert json.loads(stdout.splitlines()[-1]) == {"event": "error", "message": line.removeprefix("cldl: error: ")}
+    assert not out.exists()
+
+
+def test_non_finite_network_outputs_are_an_error() -> None:
+    import torch
+
+    from cldl.infer import sliding_window_outputs
+    from cldl.model import UNetLDL
+
+    network = UNetLDL(random_checkpoint().model_config).eval()
+    with torch.no_grad():
+        next(network.parameters()).fill_(float("inf"))  # weights broken after loading
+    with pytest.raises(RuntimeError, match="outputs hold NaN or Inf"):
+        sliding_window_outputs(network, torch.rand(4, 32, 32, 32), (32, 32, 32))
+
+
+def test_a_checkpoint_whose_weights_are_a_list_is_one_error_line(phantom_files: dict, tmp_path: Path, capfd) -> None:
+    import torch
+
+    data = random_checkpoint().to_dict()
+    data["state_dict"] = list(data["state_dict"].values())
+    torch.save(data, tmp_path / "list.pt")
+    argv = ["segment", "--model", str(tmp_path / "list.pt"), "-i", *_images(phantom_files)]
+    assert main([*argv, "-o", str(tmp_path / "seg.nii.gz"), "--progress", "jsonl"]) == 1
+    stdout, stderr = capfd.readouterr()
+    assert "not a mapping of names to tensors" in _error_line(stderr)
+    assert json.loads(stdout.splitlines()[-1])["event"] == "error"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list.pt"]

@@ -101,11 +101,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: damaged CLDL checkpoint ({exc})") from None
+    _check_weights(path, checkpoint.state_dict)
     if checkpoint.model_config.in_channels != checkpoint.task.num_modalities:
         raise CheckpointError(f"{path}: model inputs do not match the task's modalities")
     if checkpoint.model_config.num_classes != checkpoint.task.num_classes:
         raise CheckpointError(f"{path}: model classes do not match the task's labels")
     return checkpoint
+
+
+def _check_weights(path: Path, state_dict: object) -> None:
+    """Refuse weights that are not a mapping of names to tensors, or that hold NaN/Inf (a diverged training run)."""
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
+    ):
+        raise CheckpointError(f"{path}: damaged CLDL checkpoint (its weights are not a mapping of names to tensors)")
+    broken = [
+        name
+        for name, tensor in state_dict.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if broken:
+        raise CheckpointError(
+            f"{path}: {len(broken)} of {len(state_dict)} weight tensors hold NaN or Inf values (first: {broken[0]}); "
+            "the training run that saved it diverged, so its results would be meaningless"
+        )
 
 
 def check_task(checkpoint: Checkpoint, task: Task) -> None:

@@ -396,6 +396,8 @@ def sliding_window_outputs(
             progress(min(first + window_batch, total), total)
     accumulated.div_(coverage)
     crop = accumulated[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, shape))]
+    if not bool(torch.isfinite(crop).all()):
+        raise RuntimeError("the network's outputs hold NaN or Inf values (broken weights?); no result written")
     return crop, [] if stage_sums is None else stage_sums.distributions()
 
 

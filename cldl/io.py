@@ -534,14 +534,16 @@ def read_labels(path: str | Path, task: Task | None = None) -> tuple[np.ndarray,
 
 
 def ensure_writable(path: str | Path) -> None:
-    """Raise a clear error if ``path`` cannot be created (missing or read-only folder)."""
+    """Raise a clear error if ``path`` cannot be created (read-only folder, a file where a folder must be); creates
+    nothing (missing folders are made when the output is written)."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ImageError(f"cannot create the folder {parent}: {exc.strerror}") from None
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ImageError(f"cannot create the folder {parent}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ImageError(f"{path}: not writable (check the folder's permissions)")
 
 
