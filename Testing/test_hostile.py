@@ -10,12 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from conftest import random_checkpoint
 
 from cldl import atomic
 from cldl.checkpoint import save_checkpoint
 from cldl.cli import main
+from cldl.io import read_image, write_image
 from cldl.tasks import BRATS
 
 SENTINEL = b"someone else's file, must survive"
@@ -290,3 +293,27 @@ def test_a_checkpoint_whose_weights_are_a_list_is_one_error_line(phantom_files: 
     assert "not a mapping of names to tensors" in _error_line(stderr)
     assert json.loads(stdout.splitlines()[-1])["event"] == "error"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["list.pt"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5: evaluate refuses maps that are not uncertainties or probabilities
+
+
+@pytest.mark.parametrize("option", ["--uncertainty", "--probabilities"])
+def test_evaluate_refuses_an_image_as_uncertainty_or_probabilities(
+    option: str, phantom_files: dict, tmp_path: Path, capfd
+) -> None:
+    labels, geometry = read_image(phantom_files["seg"])
+    mr = np.linspace(0, 1679, labels.size, dtype=np.float32).reshape(labels.shape)  # an MR image's range
+    if option == "--probabilities":  # four "class maps", the last one the MR image
+        channels = np.stack([mr / 1679] * 3 + [mr]).transpose(3, 2, 1, 0)
+        path = tmp_path / "mr_probabilities.nii.gz"
+        nib.save(nib.Nifti1Image(channels, nib.load(phantom_files["seg"]).affine), path)
+    else:
+        path = write_image(mr, geometry, tmp_path / "mr.nii.gz")
+    seg = str(phantom_files["seg"])
+    argv = ["evaluate", "--pred", seg, "--ref", seg, option, str(path), "--out", str(tmp_path / "report")]
+    assert main(argv) == 1
+    line = _error_line(capfd.readouterr().err)
+    assert "values run from 0 to 1679" in line and path.name in line, line
+    assert not (tmp_path / "report").exists()

@@ -204,6 +204,7 @@ def evaluate_case(
     if item.probabilities is not None:
         probabilities, geometry = read_channels(item.probabilities, np.float32)
         _same_grid(item.probabilities, geometry, item.ref, ref_geometry, "probabilities")
+        _check_range(item.probabilities, probabilities, 1.0, "probabilities lie in 0..1")
         if probabilities.shape[0] != task.num_classes:
             raise ValueError(
                 f"{item.probabilities}: {probabilities.shape[0]} probability maps; task {task.name} has "
@@ -214,6 +215,7 @@ def evaluate_case(
     if item.uncertainty is not None:
         values, geometry = read_image(item.uncertainty, np.float32)
         _same_grid(item.uncertainty, geometry, item.ref, ref_geometry, "uncertainty map")
+        _check_range(item.uncertainty, values, 100.0, "an uncertainty map holds values in 0..1 (or 0..100)")
         uncertainty = uncertainty_percent(values)
     result["uncertainty_source"] = "map" if uncertainty is not None else "probabilities"
     for region in task.regions:
@@ -230,6 +232,15 @@ def evaluate_case(
         values.update(qu_brats_score(truth, pred, region_uncertainty, mask, num_points))
         regions[region.name].update(values)
     return result
+
+
+def _check_range(path: Path, values: np.ndarray, top: float, rule: str) -> None:
+    """Refuse a map with values outside ``[0, top]`` (an image given by mistake) or NaN/Inf voxels."""
+    if not values.size:
+        return
+    low, high = float(np.min(values)), float(np.max(values))
+    if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > top + 1e-3:
+        raise ValueError(f"{path}: values run from {low:.4g} to {high:.4g}, but {rule}; is it the right file?")
 
 
 def evaluate_pair(pred_path: str | Path, ref_path: str | Path, task: Task) -> dict[str, Any]:
