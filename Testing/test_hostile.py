@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -317,3 +318,100 @@ def test_evaluate_refuses_an_image_as_uncertainty_or_probabilities(
     line = _error_line(capfd.readouterr().err)
     assert "values run from 0 to 1679" in line and path.name in line, line
     assert not (tmp_path / "report").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6: a small file that inflates to gigabytes is refused before anything is allocated
+
+
+def _inflating_nifti(path: Path, side: int = 1200) -> Path:
+    """A complete, valid .nii.gz of side^3 int16 zeros (3.5 GB of voxels for 1200) in about 3.4 MB: gzip members
+    of one compressed 64 MiB block of zeros, concatenated."""
+    import gzip
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((side,) * 3)
+    header.set_data_dtype(np.int16)
+    header.set_qform(np.eye(4), code=1)
+    total, chunk = side**3 * 2, 1 << 26
+    block = gzip.compress(bytes(chunk), compresslevel=9)
+    with open(path, "wb") as handle:
+        handle.write(gzip.compress(header.binaryblock + bytes(4)))
+        for _ in range(total // chunk):
+            handle.write(block)
+        handle.write(gzip.compress(bytes(total % chunk), compresslevel=9))
+    return path
+
+
+def _limit_memory() -> None:
+    """2.5 GB of address space: enough for torch and a real case, not for the inflated image."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2_500_000_000, 2_500_000_000))
+
+
+def test_an_inflating_image_is_refused_under_a_memory_limit(model: Path, phantom_files: dict, tmp_path: Path) -> None:
+    bomb = _inflating_nifti(tmp_path / "flair.nii.gz")
+    assert bomb.stat().st_size < 5_000_000
+    out = tmp_path / "out"
+    images = [str(bomb), *_images(phantom_files)[1:]]
+    argv = _cldl("segment", "--model", str(model), "-i", *images, "-o", str(out / "seg.nii.gz"), "--device", "cpu")
+    done = subprocess.run(
+        [*argv, "--progress", "none"], capture_output=True, text=True, env=_env(), preexec_fn=_limit_memory, timeout=300
+    )
+    assert done.returncode == 1, done.stderr
+    line = _error_line(done.stderr)
+    assert "header promises a 1200x1200x1200 image of 3.46 GB" in line and "--max-image-gb 4" in line, line
+    assert not out.exists()
+    # the same command on a real case works under the same limit
+    argv[argv.index(str(bomb))] = str(phantom_files["flair"])
+    done = subprocess.run(
+        [*argv, "--progress", "none"], capture_output=True, text=True, env=_env(), preexec_fn=_limit_memory, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["seg.nii.gz"]
+
+
+def test_max_image_gb_sets_the_limit(phantom_files: dict, tmp_path: Path, capfd) -> None:
+    seg = str(phantom_files["seg"])  # 48^3 uint8 voxels: 0.11 MB
+    assert main(["evaluate", "--pred", seg, "--ref", seg, "--max-image-gb", "0.0001"]) == 1
+    line = _error_line(capfd.readouterr().err)
+    assert "header promises a 48x48x48 image of 0.000111 GB" in line and "limit of 0.0001 GB" in line, line
+    assert main(["evaluate", "--pred", seg, "--ref", seg, "--max-image-gb", "0.001"]) == 0
+    assert main(["evaluate", "--pred", seg, "--ref", seg]) == 0  # the default applies again
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 8: an overlap that explodes the window count, and a FIFO as input
+
+
+def test_an_overlap_near_one_is_refused_with_the_window_count(
+    model: Path, phantom_files: dict, tmp_path: Path, capfd
+) -> None:
+    out = tmp_path / "out"
+    argv = ["segment", "--model", str(model), "-i", *_images(phantom_files), "-o", str(out / "seg.nii.gz")]
+    assert main([*argv, "--device", "cpu", "--overlap", "0.99999", "--progress", "none"]) == 1
+    line = _error_line(capfd.readouterr().err)
+    count = re.search(r"an overlap of 0.99999 plans ([\d,]+) sliding windows for this \d+x\d+x\d+ volume", line)
+    assert count and int(count.group(1).replace(",", "")) > 50 * 8, line  # 8: overlap 0.5's windows (48^3, 32^3)
+    assert "use --overlap 0.9 or less" in line, line
+    assert not out.exists()
+
+
+def test_a_fifo_as_input_is_refused_up_front(model: Path, phantom_files: dict, tmp_path: Path) -> None:
+    fifo = tmp_path / "flair.nii.gz"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    argv = _cldl("segment", "--model", str(model), "-i", str(fifo), *_images(phantom_files)[1:])
+    done = subprocess.run(
+        [*argv, "-o", str(out / "seg.nii.gz"), "--progress", "none"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert "flair.nii.gz: not a regular file (a pipe, socket or device)" in _error_line(done.stderr)
+    seg = str(phantom_files["seg"])
+    done = subprocess.run(
+        _cldl("evaluate", "--pred", str(fifo), "--ref", seg), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert "not a regular file" in _error_line(done.stderr)
+    assert not out.exists()

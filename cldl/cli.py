@@ -38,6 +38,17 @@ def _add_progress(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_image_limit(parser: argparse.ArgumentParser) -> None:
+    """The shared ``--max-image-gb`` option."""
+    parser.add_argument(
+        "--max-image-gb",
+        type=float,
+        metavar="GB",
+        help="refuse an image file whose header promises more voxel data than this, before reading it "
+        f"(default {defaults.MAX_IMAGE_GB:g}; a small compressed file can inflate to gigabytes)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(
@@ -141,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--channels-last", action="store_true", help="run the network in channels-last 3D memory format")
     seg.add_argument("--task", help="refuse the model unless it segments this task (e.g. brats)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _add_image_limit(seg)
     _add_progress(seg)
 
     tr = commands.add_parser("train", help="train a CLDL model", description="Train (or resume) a CLDL model.")
@@ -212,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(brats-evaluation, glioma config) scores them; see docs/reproduce.md",
     )
     ev.add_argument("--overwrite", action="store_true", help="replace existing report files in --out")
+    _add_image_limit(ev)
     _add_progress(ev)
 
     datasets = commands.add_parser("datasets", help="inspect datasets")
@@ -410,15 +423,18 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
     from .checkpoint import check_task
     from .confidence import confidence_lines, segment_confidence
     from .infer import Predictor
-    from .io import write_labels, write_unit_interval
+    from .io import check_input_path, set_max_image_gb, write_labels, write_unit_interval
     from .stage_maps import stage_map_files, write_stage_maps
     from .tasks import get_task
     from .zoo import DEFAULT_MODEL, resolve_model
 
+    set_max_image_gb(args.max_image_gb)
     folder_mode = len(args.images) == 1 and _is_dataset_folder(args.images[0])
     outputs = [p for p in (args.output, args.uncertainty, args.probabilities) if p is not None]
     expected: dict[Path, FileState] = {}
     if not folder_mode:
+        for image in args.images:
+            check_input_path(image)
         expected = _check_outputs(outputs, list(args.images), args.overwrite)
     started = time.perf_counter()
     predictor = Predictor(
@@ -572,9 +588,13 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl evaluate``."""
     from .atomic import atomic_outputs
     from .evaluation import conventions, evaluate_folders_or_files, markdown_table, write_csv
+    from .io import check_input_path, set_max_image_gb
     from .metrics import summarize
     from .tasks import get_task
 
+    set_max_image_gb(args.max_image_gb)
+    for path in (args.pred, args.ref):
+        check_input_path(path)
     task = get_task(args.task)
     reports, expected = {}, {}
     if args.out is not None:

@@ -25,6 +25,9 @@ LEARNING_RATE = 1e-4
 PATCH_SIZE = 128
 #: Patch sides must be positive multiples of this (four 2x poolings in the network).
 PATCH_MULTIPLE = 16
+#: The largest image file read, in GB of voxel data as its header promises (BraTS: 0.04, a 512x512x1000 CT: 0.5);
+#: ``--max-image-gb`` raises it.
+MAX_IMAGE_GB = 2.0
 #: The oldest torch the engine supports.
 TORCH_MINIMUM = (2, 1)
 TORCH_REQUIREMENT = ">=" + ".".join(str(v) for v in TORCH_MINIMUM)

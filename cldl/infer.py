@@ -40,6 +40,7 @@ from .tasks import Task
 ProgressFn = Callable[[int, int], None]
 
 DEFAULT_OVERLAP = OVERLAP  # cldl.defaults, measured by benchmarks/overlap.py
+MAX_WINDOW_FACTOR = 50  # the most sliding windows an overlap may plan, in multiples of overlap 0.5's
 CPU_WINDOW_MEMORY_GB = 3.0
 """Activation memory the predictor may use for a batch of windows on CPU (keeps a BraTS case under 4 GB)."""
 ACTIVATION_FACTOR = 11
@@ -95,6 +96,29 @@ def window_starts(size: int, window: int, overlap: float, symmetric: bool = True
         return sorted({math.floor(i * (size - window) / (count - 1) + 0.5) for i in range(count)})
     first_half = [math.floor(i * (size - window) / (count - 1) + 0.5) for i in range((count + 1) // 2)]
     return sorted(set(first_half) | {size - window - s for s in first_half})
+
+
+def window_count(shape: Sequence[int], window: Sequence[int], overlap: float, symmetric: bool = False) -> int:
+    """How many sliding windows cover a volume of ``shape``."""
+    return math.prod(len(window_starts(s, w, overlap, symmetric)) for s, w in zip(shape, window))
+
+
+def check_window_count(shape: Sequence[int], window: Sequence[int], overlap: float, symmetric: bool = False) -> None:
+    """Refuse an overlap that plans more than :data:`MAX_WINDOW_FACTOR` times the windows of overlap 0.5 (an
+    overlap near 1 plans one window per voxel step: hours for no better result), naming the count."""
+    count = window_count(shape, window, overlap, symmetric)
+    usual = window_count(shape, window, 0.5, symmetric)
+    if count <= MAX_WINDOW_FACTOR * usual:
+        return
+    fitting = [
+        o
+        for o in (0.9, 0.875, 0.8, 0.75, 0.5)
+        if window_count(shape, window, o, symmetric) <= MAX_WINDOW_FACTOR * usual
+    ]
+    raise ValueError(
+        f"an overlap of {overlap:g} plans {count:,} sliding windows for this {'x'.join(map(str, shape))} volume, "
+        f"more than {MAX_WINDOW_FACTOR} times the {usual} of overlap 0.5; use --overlap {fitting[0]:g} or less"
+    )
 
 
 def gaussian_importance(
@@ -364,6 +388,7 @@ def sliding_window_outputs(
         sides = [(b, p - b) for b, p in zip(before, pad)]
         image = F.pad(image, (*sides[2], *sides[1], *sides[0]), value=fill)
     padded = tuple(image.shape[1:])
+    check_window_count(padded, window, overlap, tta)
     axes = (window_starts(s, w, overlap, symmetric=tta) for s, w in zip(padded, window))
     starts = list(itertools.product(*axes))
     weight = gaussian_importance(window, device=device) if gaussian else torch.ones(window, device=device)

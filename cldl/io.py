@@ -19,6 +19,7 @@ the target (:func:`image_output`), so an output is complete or absent.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import warnings
@@ -32,6 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path, final_path
+from .defaults import MAX_IMAGE_GB
 from .verify import DamagedFileError, nifti_array, payload_problem, read_nifti_gz
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -246,15 +248,61 @@ def _read_dicom_series(folder: Path, file: Path | None = None) -> sitk.Image:
         raise ImageError(f"{folder}: unreadable DICOM series ({_reason(exc)})") from None
 
 
-def _read_sitk(path: str | Path) -> sitk.Image:
-    """Any supported image as a SimpleITK image, or a one-line ImageError."""
+_ITEM_BYTES = {
+    getattr(sitk, f"sitk{kind}{name}"): size
+    for name, size in (("UInt8", 1), ("Int8", 1), ("UInt16", 2), ("Int16", 2), ("UInt32", 4), ("Int32", 4))
+    + (("UInt64", 8), ("Int64", 8), ("Float32", 4), ("Float64", 8))
+    for kind in ("", "Vector")
+}
+_max_image_gb = MAX_IMAGE_GB
+
+
+def set_max_image_gb(gb: float | None) -> None:
+    """The largest image (GB of voxel data, as its header promises) a read accepts; None: the default."""
+    global _max_image_gb
+    if gb is not None and not gb > 0:
+        raise ValueError(f"--max-image-gb must be positive, got {gb}")
+    _max_image_gb = MAX_IMAGE_GB if gb is None else float(gb)
+
+
+def check_input_path(path: str | Path) -> Path:
+    """An input that exists and is a regular file or a folder (a FIFO or device would block or never end)."""
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file or folder")
+    if not (path.is_file() or path.is_dir()):
+        raise ImageError(f"{path}: not a regular file (a pipe, socket or device); give an image file")
+    return path
+
+
+def _check_promised_size(path: Path) -> None:
+    """Refuse a file whose header promises more voxel data than the limit, before any of it is read (a small
+    compressed file can inflate to gigabytes)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return  # not readable as an image: the read itself says why
+    size = reader.GetSize()
+    promised = float(np.prod(size, dtype=np.float64)) * reader.GetNumberOfComponents()
+    promised *= _ITEM_BYTES.get(reader.GetPixelID(), 16)
+    if promised > _max_image_gb * 1e9:
+        raise ImageError(
+            f"{path}: its header promises a {'x'.join(str(s) for s in size)} image of {promised / 1e9:.3g} GB of "
+            f"voxel data, more than the limit of {_max_image_gb:g} GB; if it really is that large, raise the limit "
+            f"with --max-image-gb {math.ceil(promised / 1e9)}"
+        )
+
+
+def _read_sitk(path: str | Path) -> sitk.Image:
+    """Any supported image as a SimpleITK image, or a one-line ImageError."""
+    path = check_input_path(path)
     if path.is_dir():
         return _read_dicom_series(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         return _read_dicom_series(path.parent, path)
+    _check_promised_size(path)
     try:
         if _lower(path).endswith(".nii.gz"):
             image = _read_nifti_gz(path)
@@ -348,9 +396,7 @@ def read_image(path: str | Path, dtype: type | None = None) -> tuple[np.ndarray,
 
 def image_info(path: str | Path) -> tuple[Geometry, int, str]:
     """Geometry, channel count and pixel type of an image from its header only (no voxels read)."""
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: no such file or folder")
+    path = check_input_path(path)
     if path.is_dir() or path.suffix.lower() in DICOM_SUFFIXES:
         image = _read_sitk(path)
         return Geometry.of(image), image.GetNumberOfComponentsPerPixel(), image.GetPixelIDTypeAsString()
