@@ -306,7 +306,7 @@ def test_train_resume_and_config_errors(tmp_path: Path, capfd: pytest.CaptureFix
     bad_configs = {
         "unknown key": ({**TINY_TRAIN, "learning_rate": 0.1}, "unknown config keys ['learning_rate']"),
         "unknown model key": ({**TINY_TRAIN, "model": {"width": 4}}, "unknown model keys ['width']"),
-        "wrong type": ({**TINY_TRAIN, "epochs": "two"}, "invalid config value"),
+        "wrong type": ({**TINY_TRAIN, "epochs": "two"}, "config key 'epochs' must be a whole number"),
         "bad patch": ({**TINY_TRAIN, "patch_size": [30, 32, 32]}, "multiples of 16"),
     }
     for label, (data, expected) in bad_configs.items():

@@ -415,3 +415,53 @@ def test_a_fifo_as_input_is_refused_up_front(model: Path, phantom_files: dict, t
     assert done.returncode == 1
     assert "not a regular file" in _error_line(done.stderr)
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 9: every config key is checked for type and range before anything is written
+
+TINY_TRAIN = {
+    "task": "brats",
+    "phantoms": {"train_seeds": [0, 2], "val_seeds": [10_000, 10_001], "shape": [32, 32, 32]},
+    "model": {"base_width": 4},
+    "patch_size": [32, 32, 32],
+    "epochs": 1,
+    "iters_per_epoch": 1,
+    "device": "cpu",
+}
+BAD_CONFIGS = {
+    "lr: fast": ({"lr": "fast"}, "config key 'lr' must be a number, got 'fast'"),
+    "betas: xy": ({"betas": "xy"}, "config key 'betas' must be a list of numbers, got 'xy'"),
+    "one beta": ({"betas": [0.9]}, "config key 'betas' must be two numbers in [0, 1)"),
+    "epochs: 1.5": ({"epochs": 1.5}, "config key 'epochs' must be a whole number, got 1.5"),
+    "seed: -1": ({"seed": -1}, "config key 'seed' must be in [0, 4294967295], got -1"),
+    "lr: 0": ({"lr": 0}, "config key 'lr' must be in (0, inf), got 0"),
+    "amp: yes": ({"amp": "yes"}, "config key 'amp' must be true or false"),
+    "reversed seeds": (
+        {"phantoms": {**TINY_TRAIN["phantoms"], "train_seeds": [5, 2]}},
+        "config key 'phantoms' needs train_seeds as a half-open range [first, stop) with 0 <= first < stop",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_CONFIGS))
+def test_a_bad_config_value_is_one_line_and_leaves_no_run_folder(name: str, tmp_path: Path, capfd) -> None:
+    change, expected = BAD_CONFIGS[name]
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({**TINY_TRAIN, **change}))  # JSON is YAML
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(run), "--progress", "jsonl"]) == 1
+    stdout, stderr = capfd.readouterr()
+    assert expected in _error_line(stderr)
+    assert json.loads(stdout.splitlines()[-1])["event"] == "error"
+    assert not run.exists()
+
+
+def test_a_refused_dataset_leaves_no_run_folder(tmp_path: Path, capfd) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**{k: v for k, v in TINY_TRAIN.items() if k != "phantoms"}, "data": str(tmp_path)}))
+    (tmp_path / "notes.csv").write_text("case,flair\n")
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(run), "--progress", "none"]) == 1
+    assert "no known dataset layout" in _error_line(capfd.readouterr().err)
+    assert not run.exists()

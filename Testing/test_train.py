@@ -137,7 +137,7 @@ def test_config_validation(tmp_path: Path) -> None:
         tiny_config(fg_oversample=1.5)
     with pytest.raises(ValueError, match="unknown model keys \\['depth'\\]"):
         tiny_config(model={"base_width": 4, "depth": 9})
-    with pytest.raises(ValueError, match="invalid config value"):
+    with pytest.raises(ValueError, match="config key 'epochs' must be a whole number, got 'two'"):
         tiny_config(epochs="two")
     with pytest.raises(ValueError, match="curriculum"):
         tiny_config(curriculum="backwards")

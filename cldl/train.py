@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import platform
 import random
 import sys
 import time
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -111,6 +114,7 @@ class TrainConfig:
     init_from: str | None = None  # warm start: the weights of a model name or checkpoint path (same task and network)
 
     def __post_init__(self) -> None:
+        check_config_values(self)
         if (self.data is None) == (self.phantoms is None):
             raise ValueError("set exactly one of 'data' (a dataset folder) or 'phantoms' (synthetic cases)")
         if len(self.patch_size) != 3 or any(int(p) % 16 or int(p) <= 0 for p in self.patch_size):
@@ -164,6 +168,85 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form (saved as ``config.json`` in the run folder)."""
         return asdict(self)
+
+
+#: Ranges of numeric config keys, checked before a run writes anything: (low, high, low included, high included).
+CONFIG_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "val_fraction": (0, 1, True, False),
+    "split_seed": (0, 2**32 - 1, True, True),
+    "seed": (0, 2**32 - 1, True, True),
+    "lr": (0, math.inf, False, False),
+    "weight_decay": (0, math.inf, True, False),
+    "lr_gamma": (0, math.inf, False, False),
+    "lambda_ldl": (0, math.inf, True, False),
+    "lambda_ce": (0, math.inf, True, False),
+    "ramp_epochs": (0, math.inf, True, False),
+    "val_overlap": (0, 1, True, False),
+    "max_val_cases": (0, math.inf, True, False),
+    "final_sigma": (0, math.inf, False, False),
+}
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """What is wrong with ``value`` for a field annotated ``hint`` (None when it fits)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _type_problem(value, next(a for a in args if a is not type(None)))
+    if hint is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if hint is int:
+        return None if isinstance(value, numbers.Integral) and not isinstance(value, bool) else "must be a whole number"
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return "must be a number"
+        return None if math.isfinite(value) else "must be a finite number"
+    if hint is str:
+        return None if isinstance(value, str) else "must be a text"
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return f"must be a list of {'whole numbers' if args[0] is int else 'numbers'}"
+        problems = [_type_problem(item, args[0]) for item in value]
+        return next((f"every item {p.removeprefix('must be ')}" for p in problems if p), None)
+    if origin is dict:
+        return None if isinstance(value, dict) else "must be a mapping of keys to values"
+    return None
+
+
+def _bound(value: float) -> str:
+    """A range bound as written in a message (``4294967295``, ``0.5``, ``inf``)."""
+    return str(int(value)) if math.isfinite(value) and float(value).is_integer() else f"{value:g}"
+
+
+def check_config_values(config: TrainConfig) -> None:
+    """Check every config key's type and range, naming the key (ValueError)."""
+    hints = typing.get_type_hints(type(config))
+    for item in fields(config):
+        value = getattr(config, item.name)
+        problem = _type_problem(value, hints[item.name])
+        if problem is None and item.name in CONFIG_RANGES and value is not None:
+            low, high, low_in, high_in = CONFIG_RANGES[item.name]
+            if not ((low <= value if low_in else low < value) and (value <= high if high_in else value < high)):
+                bounds = f"{'[' if low_in else '('}{_bound(low)}, {_bound(high)}{']' if high_in else ')'}"
+                problem = f"must be in {bounds}"
+        if problem is None and item.name == "betas" and not (len(value) == 2 and all(0 <= b < 1 for b in value)):
+            problem = "must be two numbers in [0, 1)"
+        if problem is None and item.name == "phantoms" and value is not None:
+            problem = _phantom_seed_problem(value)
+        if problem is not None:
+            raise ValueError(f"config key {item.name!r} {problem}, got {value!r}")
+
+
+def _phantom_seed_problem(spec: dict[str, Any]) -> str | None:
+    """What is wrong with the phantoms' seed ranges (``[first, stop)``, 0 <= first < stop)."""
+    for key in ("train_seeds", "val_seeds"):
+        seeds = spec.get(key, [0, 1])
+        ok = isinstance(seeds, (list, tuple)) and len(seeds) == 2
+        ok = ok and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) and 0 <= seeds[0] < seeds[1]
+        if not ok:
+            return f"needs {key} as a half-open range [first, stop) with 0 <= first < stop"
+    return None
 
 
 def resolve_config(name: str | Path) -> Path:
@@ -549,8 +632,6 @@ class Trainer:
         if resume and not last_path.exists():
             raise FileNotFoundError(f"{last_path} not found: nothing to resume")
         barrier(ctx)  # every rank has checked the run folder before rank 0 writes into it
-        if ctx.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(config.seed)
         model = UNetLDL(self.model_config).to(self.device)
         if config.init_from and not resume:
@@ -568,6 +649,8 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         train_cases, val_cases, train_ids, val_ids = load_dataset(config, self.task, self.prep, self.reporter)
+        if ctx.is_main:  # made once the data is loaded: a refused dataset leaves no run folder
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         if config.max_val_cases is not None:
             val_cases, val_ids = val_cases[: config.max_val_cases], val_ids[: config.max_val_cases]
         pad_value = 0.0 if self.prep.image_kind == "mr" else float(min(c.images.min() for c in train_cases))
