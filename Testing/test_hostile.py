@@ -465,3 +465,29 @@ def test_a_refused_dataset_leaves_no_run_folder(tmp_path: Path, capfd) -> None:
     assert main(["train", "--config", str(config), "--out", str(run), "--progress", "none"]) == 1
     assert "no known dataset layout" in _error_line(capfd.readouterr().err)
     assert not run.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 12: folder mode reports a case with a missing modality and segments the others
+
+
+def test_folder_mode_segments_the_cases_next_to_one_missing_a_modality(model: Path, tmp_path: Path, capfd) -> None:
+    from cldl.data.phantoms import brats_phantom, write_case
+
+    data = tmp_path / "data"
+    for seed in (20_100, 20_101, 20_102):
+        write_case(brats_phantom(seed, shape=(32, 32, 32)), data)
+    broken, *complete = sorted(p.name for p in data.iterdir())
+    next((data / broken).glob("*_t1ce.nii.gz")).unlink()
+    out = tmp_path / "out"
+    argv = ["segment", "--model", str(model), "-i", str(data), "-o", str(out), "--device", "cpu"]
+    assert main([*argv, "--progress", "none"]) == 1
+    stdout, stderr = capfd.readouterr()
+    line = _error_line(stderr)
+    assert line.startswith(f"cldl: error: case {broken}: missing modality t1ce"), line
+    assert "segmented 2 of 3 case(s)" in stdout
+    assert sorted(p.name for p in out.iterdir()) == [f"{case}.nii.gz" for case in complete]
+    assert main([*argv, "--progress", "jsonl"]) == 1  # a re-run: the two are done, the broken case still reported
+    events = [json.loads(text) for text in capfd.readouterr().out.splitlines()]
+    assert [e["case"] for e in events if e["event"] == "case_error"] == [broken]
+    assert events[-1]["event"] == "result" and events[-1]["skipped"] == 2 and events[-1]["segmented"] == []

@@ -5,15 +5,18 @@ writes ``OUTPUT_DIR/<case>.nii.gz`` per case (and, when asked, ``<case>.nii.gz``
 folders, and the region maps of ``--ldl-maps DIR`` into ``DIR/<case>/``, named as one case's ``--ldl-maps`` names
 them, plus ``ldl_maps.json`` listing them). A case counts as finished when every requested output of it exists:
 outputs are written together and atomically (:mod:`cldl.atomic`), so an existing file is a complete one, and the
-region maps' list is renamed into place after the maps it lists; a re-run skips finished cases. A case that cannot
-be read or segmented is reported and the others go on; the command then exits 1.
+region maps' list is renamed into place after the maps it lists; a re-run skips finished cases. Every case is
+checked first: one missing a modality is reported before the others are segmented; a case that cannot be read or
+segmented is reported and the others go on; the command then exits 1.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import FileState, atomic_outputs, file_states
-from .data.datasets import CaseFiles, discover_cases, read_case
+from .data.datasets import CaseFiles, detect_dataset, discover_cases, read_case
 from .events import Reporter
 from .infer import Prediction, Predictor
 from .io import Geometry, write_labels, write_unit_interval
@@ -116,7 +119,7 @@ def segment_folder(
     reporter = reporter or Reporter("none")
     if outputs.ldl_maps is not None and predictor.checkpoint.model_config.ldl_stages == 0:
         raise ValueError("--ldl-maps: this model has no LDL stages (a plain U-Net), so it has no region maps")
-    cases = discover_cases(dataset, predictor.task)
+    cases, problems = _usable_cases(dataset, predictor)
     inputs = {path.resolve() for case in cases for path in case.files}
     for folder in outputs.folders():
         if folder.exists() and not folder.is_dir():
@@ -129,6 +132,10 @@ def segment_folder(
         reporter.log(f"{len(cases) - len(todo)} of {len(cases)} case(s) already segmented in {outputs.labels}; skipped")
     expected = file_states(path for case in todo for path in outputs.files(case.case_id))
     done, errors, seconds = [], [], {}
+    for case_id, message in problems:  # cases that cannot be segmented at all (a missing modality): reported first
+        errors.append({"case": case_id, "message": message})
+        reporter.emit("case_error", case=case_id, message=message)
+        reporter.log(f"error: {message}")
     with ThreadPoolExecutor(max_workers=1) as reader:  # reads case i+1 while case i runs
         pending: Future | None = reader.submit(_read, todo[0], predictor) if todo else None
         for index, case in enumerate(todo):
@@ -161,12 +168,27 @@ def segment_folder(
                 done.append(case.case_id)
             reporter.progress("cases", index + 1, len(todo))
     return {
-        "cases": len(cases),
+        "cases": len(cases) + len(problems),
         "segmented": done,
         "skipped": len(cases) - len(todo),
         "errors": errors,
         "seconds": seconds,
     }
+
+
+def _usable_cases(dataset: Path, predictor: Predictor) -> tuple[list[CaseFiles], list[tuple[str | None, str]]]:
+    """The complete cases of a dataset folder, and (case id, message) for each problem that rules a case out
+    (a missing modality, a case id found twice); an error when no case is usable."""
+    found = detect_dataset(dataset, predictor.task)
+    counts = Counter(case.case_id for case in found.cases)
+    cases = sorted((case for case in found.cases if counts[case.case_id] == 1), key=lambda c: c.case_id)
+    problems = []
+    for problem in found.problems:
+        named = re.match(r"case (?:id )?(\S+?):? ", problem)
+        problems.append((named.group(1) if named else None, problem))
+    if not cases:
+        discover_cases(dataset, predictor.task)  # raises the error that says why
+    return cases, problems
 
 
 def _remove_if_empty(folder: Path | None) -> None:
