@@ -491,3 +491,24 @@ def test_folder_mode_segments_the_cases_next_to_one_missing_a_modality(model: Pa
     events = [json.loads(text) for text in capfd.readouterr().out.splitlines()]
     assert [e["case"] for e in events if e["event"] == "case_error"] == [broken]
     assert events[-1]["event"] == "result" and events[-1]["skipped"] == 2 and events[-1]["segmented"] == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 11: exit statuses as the README states them
+
+
+def test_exit_statuses_are_the_readme_s(tmp_path: Path) -> None:
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").split())
+    assert "An error is one line on stderr (`cldl: error: ...`) and exit status 1" in readme
+    assert "the command's usage, then `cldl <command>: error: ...`, and exit status 2" in readme
+    usage = subprocess.run(_cldl("segment", "-o", str(tmp_path / "seg.nii.gz")), capture_output=True, text=True)
+    assert usage.returncode == 2
+    lines = usage.stderr.splitlines()
+    assert lines[0].startswith("usage: cldl segment")
+    assert lines[-1] == "cldl segment: error: the following arguments are required: -i/--images"
+    missing = subprocess.run(
+        _cldl("evaluate", "--pred", "nothing.nii.gz", "--ref", "x.nii.gz"), capture_output=True, text=True
+    )
+    assert missing.returncode == 1
+    assert _error_line(missing.stderr) == "cldl: error: nothing.nii.gz: no such file or folder"
+    assert list(tmp_path.iterdir()) == []
