@@ -512,3 +512,26 @@ def test_exit_statuses_are_the_readme_s(tmp_path: Path) -> None:
     assert missing.returncode == 1
     assert _error_line(missing.stderr) == "cldl: error: nothing.nii.gz: no such file or folder"
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 7: a YAML alias bomb in a config is refused
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly_under_a_memory_limit(tmp_path: Path) -> None:
+    items = ['&a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    items += [f"&a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 10)]  # 9^10 values, all in one value
+    config = tmp_path / "bomb.yaml"
+    config.write_text("task: brats\nphantoms: {train_seeds: [0, 2], shape: [" + ", ".join(items) + "]}\n")
+    run = tmp_path / "run"
+    done = subprocess.run(
+        _cldl("train", "--config", str(config), "--out", str(run)),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        preexec_fn=_limit_memory,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "bomb.yaml: expands to more than 100,000 values" in _error_line(done.stderr)
+    assert not run.exists()

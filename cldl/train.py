@@ -61,6 +61,7 @@ AMP_DTYPES = ("auto", "bf16", "fp16")
 AUGMENT_ON = ("auto", "prefetch", "device")
 ADAM_IMPLS = ("auto", "fused", "foreach", "loop")
 CONFIG_DIR = Path(__file__).parent / "configs"
+MAX_CONFIG_VALUES = 100_000  # what a config file may expand to (a YAML alias bomb grows without bound)
 
 
 @dataclass
@@ -235,7 +236,8 @@ def check_config_values(config: TrainConfig) -> None:
         if problem is None and item.name == "phantoms" and value is not None:
             problem = _phantom_seed_problem(value)
         if problem is not None:
-            raise ValueError(f"config key {item.name!r} {problem}, got {value!r}")
+            shown = repr(value)
+            raise ValueError(f"config key {item.name!r} {problem}, got {shown if len(shown) <= 100 else shown[:97] + '...'}")
 
 
 def _phantom_seed_problem(spec: dict[str, Any]) -> str | None:
@@ -305,7 +307,28 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must hold a mapping of keys to values")
+    if _expands_beyond(data, MAX_CONFIG_VALUES):
+        raise ValueError(
+            f"{path}: expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases repeated inside each other?); "
+            "a config is a few hundred values"
+        )
     return data
+
+
+def _expands_beyond(data: Any, limit: int) -> bool:
+    """Whether ``data`` holds more than ``limit`` values once every YAML alias is expanded (stops counting there)."""
+    stack, seen = [data], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return False
 
 
 class PatchSampler:
