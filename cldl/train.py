@@ -236,8 +236,8 @@ def check_config_values(config: TrainConfig) -> None:
         if problem is None and item.name == "phantoms" and value is not None:
             problem = _phantom_seed_problem(value)
         if problem is not None:
-            shown = repr(value)
-            raise ValueError(f"config key {item.name!r} {problem}, got {shown if len(shown) <= 100 else shown[:97] + '...'}")
+            shown = repr(value) if len(repr(value)) <= 100 else repr(value)[:97] + "..."
+            raise ValueError(f"config key {item.name!r} {problem}, got {shown}")
 
 
 def _phantom_seed_problem(spec: dict[str, Any]) -> str | None:
