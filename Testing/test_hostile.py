@@ -535,3 +535,131 @@ def test_a_yaml_alias_bomb_is_refused_quickly_under_a_memory_limit(tmp_path: Pat
     assert done.returncode == 1, done.stderr
     assert "bomb.yaml: expands to more than 100,000 values" in _error_line(done.stderr)
     assert not run.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 10: messages that say what is wrong, in one line
+
+
+class _RunsCode:
+    """Pickles as a call of os.system: what a malicious checkpoint holds."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _checkpoint_variant(kind: str, folder: Path) -> tuple[Path, str]:
+    """A damaged or hostile checkpoint and the text its error line must hold."""
+    import torch
+
+    data = random_checkpoint().to_dict()
+    path = folder / f"{kind}.pt"
+    if kind == "pickle":
+        data["provenance"] = {"note": _RunsCode(folder / "code_ran")}
+        expected = "refused: it holds Python objects other than weights, which could run code"
+    elif kind == "wrong_shape":
+        name = next(k for k, v in data["state_dict"].items() if v.ndim == 5)
+        data["state_dict"][name] = torch.zeros(3, 3, 3, 3, 3)
+        expected = f"its weights do not fit the network its model_config describes (size mismatch for {name}"
+    elif kind == "patch_zero":
+        data["patch_size"] = [0, 0, 0]
+        expected = "patch size [0, 0, 0]; each side must be a multiple of 16 from 16 to 1024"
+    else:
+        data["patch_size"] = [262144] * 3
+        expected = "patch size [262144, 262144, 262144]"
+    torch.save(data, path)
+    return path, expected
+
+
+@pytest.mark.parametrize("kind", ["pickle", "wrong_shape", "patch_zero", "patch_huge"])
+def test_a_hostile_checkpoint_is_one_clear_line(kind: str, phantom_files: dict, tmp_path: Path, capfd) -> None:
+    model, expected = _checkpoint_variant(kind, tmp_path)
+    out = tmp_path / "out"
+    argv = ["segment", "--model", str(model), "-i", *_images(phantom_files), "-o", str(out / "seg.nii.gz")]
+    assert main([*argv, "--device", "cpu", "--progress", "none"]) == 1
+    line = _error_line(capfd.readouterr().err)
+    assert expected in line, line
+    assert "weights_only" not in line and "Error(s) in loading" not in line
+    assert not (tmp_path / "code_ran").exists() and not out.exists()
+
+
+@pytest.mark.parametrize("byte, expected", [(-8, "gzip checksum (CRC-32) does not match"), (-1, "length field")])
+def test_a_gzip_checksum_error_is_not_called_truncated(
+    byte: int, expected: str, model: Path, phantom_files: dict, tmp_path: Path, capfd
+) -> None:
+    damaged = bytearray(phantom_files["flair"].read_bytes())
+    damaged[byte] ^= 0xFF  # the trailer: all the data is there
+    flair = tmp_path / "flair.nii.gz"
+    flair.write_bytes(bytes(damaged))
+    out = tmp_path / "out"
+    argv = ["segment", "--model", str(model), "-i", str(flair), *_images(phantom_files)[1:], "-o", str(out / "s.nii")]
+    assert main([*argv, "--device", "cpu", "--progress", "none"]) == 1
+    line = _error_line(capfd.readouterr().err)
+    assert f"flair.nii.gz: damaged: its {expected}" in line or expected in line, line
+    assert "truncated" not in line and not out.exists()
+
+
+@pytest.mark.parametrize("output", ["seg.png", "folder"])
+def test_an_unusable_output_name_is_refused_before_inference(
+    output: str, model: Path, phantom_files: dict, tmp_path: Path, capfd
+) -> None:
+    target = tmp_path / output
+    if output == "folder":
+        target.mkdir()
+    argv = ["segment", "--model", str(model), "-i", *_images(phantom_files), "-o", str(target)]
+    assert main([*argv, "--device", "cpu", "--progress", "jsonl"]) == 1
+    stdout, stderr = capfd.readouterr()
+    line = _error_line(stderr)
+    expected = "unknown image format; use one of .seg.nrrd, .nii.gz" if output == "seg.png" else "is a folder"
+    assert expected in line and ".part" not in line, line
+    assert '"progress"' not in stdout  # refused before inference
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["folder"] if output == "folder" else [])
+
+
+def test_grids_that_differ_only_in_direction_are_described_differently(
+    phantom_files: dict, tmp_path: Path, capfd
+) -> None:
+    from cldl.io import Geometry
+
+    labels, geometry = read_image(phantom_files["seg"])
+    turned = Geometry(geometry.size, geometry.spacing, geometry.origin, (1.0, 0, 0, 0, 0, 1.0, 0, 1.0, 0))
+    pred = write_image(labels, turned, tmp_path / "pred.nii.gz")
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(phantom_files["seg"])]) == 1
+    line = _error_line(capfd.readouterr().err)
+    described = re.fullmatch(r".*pred\.nii\.gz \((.*)\) does not match reference .*_seg\.nii\.gz \((.*)\); .*", line)
+    assert described and described[1] != described[2], line
+    assert described[1].endswith("direction (1, 0, 0, 0, 0, 1, 0, 1, 0)") and "oblique" not in line, line
+
+
+def test_itk_diagnostics_stay_off_stderr(phantom_files: dict, tmp_path: Path) -> None:
+    image = nib.load(phantom_files["seg"])
+    sheared = image.affine.copy()
+    sheared[0, 1] = 0.5
+    odd = nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, image.header.copy())
+    odd.set_sform(sheared, code=2)  # ITK warns "unexpected scales in sform" and uses the qform
+    path = tmp_path / "odd_seg.nii.gz"
+    nib.save(odd, path)
+    argv = _cldl("evaluate", "--pred", str(path), "--ref", str(path), "--progress", "none")
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+def test_an_image_given_as_labels_is_a_short_error_line(phantom_files: dict, tmp_path: Path, capfd) -> None:
+    labels, geometry = read_image(phantom_files["seg"])
+    mr = (np.arange(labels.size) % 1680).reshape(labels.shape).astype(np.int16)  # an MR image's 1680 grey values
+    pred = write_image(mr, geometry, tmp_path / "mr.nii.gz")
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(phantom_files["seg"])]) == 1
+    line = _error_line(capfd.readouterr().err)
+    assert "(1676 values)" in line and "an image rather than a label map?" in line and len(line) < 400, line
+
+
+def test_a_negative_et_min_voxels_is_an_argument_error(phantom_files: dict) -> None:
+    seg = str(phantom_files["seg"])
+    done = subprocess.run(
+        _cldl("evaluate", "--pred", seg, "--ref", seg, "--et-min-voxels", "-5"), capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == "cldl evaluate: error: argument --et-min-voxels: must be 0 or more, got -5"

@@ -23,6 +23,7 @@ from .tasks import Task
 
 FORMAT = "cldl-checkpoint"
 FORMAT_VERSION = 1
+MIN_PATCH, MAX_PATCH = 16, 1024  # sliding-window sides a checkpoint may name
 
 
 class CheckpointError(ValueError):
@@ -43,9 +44,16 @@ class Checkpoint:
     path: Path | None = None
 
     def build_model(self, device: str | torch.device = "cpu") -> UNetLDL:
-        """The network with these weights, in eval mode on ``device``."""
+        """The network with these weights, in eval mode on ``device``; a CheckpointError when they do not fit."""
         model = UNetLDL(self.model_config)
-        model.load_state_dict(self.state_dict)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as exc:  # "Error(s) in loading state_dict ...", the first mismatch on the next line
+            details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+            first = details[0][:200] if details else str(exc).strip()[:200]
+            raise CheckpointError(
+                f"{self.path or 'checkpoint'}: its weights do not fit the network its model_config describes ({first})"
+            ) from None
         return model.to(device).eval()
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,6 +87,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):  # never pass on torch's advice
+            raise CheckpointError(
+                f"{path}: refused: it holds Python objects other than weights, which could run code when loaded "
+                "(a CLDL checkpoint holds only tensors and plain values)"
+            ) from None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable CLDL checkpoint ({reason[:200]})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -102,6 +115,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: damaged CLDL checkpoint ({exc})") from None
     _check_weights(path, checkpoint.state_dict)
+    sides = checkpoint.patch_size
+    if len(sides) != 3 or not all(MIN_PATCH <= side <= MAX_PATCH and side % 16 == 0 for side in sides):
+        raise CheckpointError(
+            f"{path}: damaged CLDL checkpoint (patch size {list(checkpoint.patch_size)}; each side must be a multiple "
+            f"of 16 from {MIN_PATCH} to {MAX_PATCH})"
+        )
     if checkpoint.model_config.in_channels != checkpoint.task.num_modalities:
         raise CheckpointError(f"{path}: model inputs do not match the task's modalities")
     if checkpoint.model_config.num_classes != checkpoint.task.num_classes:

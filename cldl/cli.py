@@ -38,6 +38,17 @@ def _add_progress(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _add_image_limit(parser: argparse.ArgumentParser) -> None:
     """The shared ``--max-image-gb`` option."""
     parser.add_argument(
@@ -212,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--et-min-voxels",
-        type=int,
+        type=_non_negative_int,
         default=0,
         metavar="N",
         help="BraTS post-processing: predicted enhancing tumour below N voxels becomes necrosis (default 0: off)",
@@ -328,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sample": cmd_sample,
         "ablate": cmd_ablate,
     }[args.command]
+    if args.command not in ("models", "info"):
+        _quiet_image_libraries()
     with warnings.catch_warnings(), _sigterm_stops():
         warnings.showwarning = lambda message, *_args, **_kw: _warn(reporter, message)
         code = _run(handler, args, reporter)
@@ -337,6 +350,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if launched_by_torchrun():
             end_launched_process(code)  # see its docstring: torch's gloo threads can abort interpreter finalisation
     return code
+
+
+def _quiet_image_libraries() -> None:
+    """Keep ITK's and nibabel's own diagnostics (multi-line, naming C++ sources) off stderr: what matters about a
+    file is reported as one ``cldl:`` line."""
+    import logging
+
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    logging.getLogger("nibabel").setLevel(logging.ERROR)
 
 
 class Stopped(KeyboardInterrupt):
@@ -400,11 +424,15 @@ def _check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> 
     """Refuse outputs that would replace an input, collide, exist (without overwrite) or cannot be written; returns
     their state now, which the final move checks (:mod:`cldl.atomic`: nothing that appears meanwhile is replaced)."""
     from .atomic import file_states
-    from .io import ensure_writable
+    from .io import IMAGE_SUFFIXES, ensure_writable, is_image_path
 
     resolved_inputs = {p.resolve() for p in inputs}
     seen: set[Path] = set()
     for path in outputs:
+        if path.is_dir():
+            raise IsADirectoryError(f"output {path} is a folder; give a file name such as {path / 'seg.nii.gz'}")
+        if not is_image_path(path):
+            raise ValueError(f"output {path}: unknown image format; use one of {', '.join(IMAGE_SUFFIXES)}")
         resolved = path.resolve()
         if resolved in resolved_inputs:
             raise ValueError(f"output {path} is one of the inputs; choose another file name")

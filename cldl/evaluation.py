@@ -126,9 +126,8 @@ def _same_grid(path: Path, geometry: Geometry, ref_path: Path, ref_geometry: Geo
     """A ValueError when a file is not on the reference grid."""
     if not geometry.matches(ref_geometry):
         raise ValueError(
-            f"geometry of {what} {path} (size {geometry.size}, spacing {geometry.spacing}, origin {geometry.origin}) "
-            f"does not match reference {ref_path} (size {ref_geometry.size}, spacing {ref_geometry.spacing}, "
-            f"origin {ref_geometry.origin}); resample the {what} first"
+            f"geometry of {what} {path} ({geometry.describe(ref_geometry)}) does not match reference {ref_path} "
+            f"({ref_geometry.describe(geometry)}); resample the {what} first"
         )
 
 

@@ -136,13 +136,28 @@ class Geometry:
             other.direction,
         )
 
-    def describe(self) -> str:
-        """A short human description: size, spacing and origin."""
+    def describe(self, other: Geometry | None = None) -> str:
+        """A short human description: size, spacing and origin; with ``other`` (the grid it is compared with), also
+        the direction when that is what differs, so that the two descriptions never read the same."""
         size = "x".join(str(s) for s in self.size)
         spacing = "x".join(f"{s:.4g}" for s in self.spacing)
         origin = ", ".join(f"{o:.4g}" for o in self.origin)
-        oblique = "" if np.allclose(np.abs(self.matrix), np.eye(3), atol=1e-6) else ", oblique"
-        return f"size {size}, spacing {spacing} mm, origin ({origin}){oblique}"
+        axis_aligned = np.allclose(np.abs(self.matrix).max(axis=1), 1.0, atol=1e-6)  # permuted or flipped axes too
+        oblique = "" if axis_aligned else ", oblique"
+        text = f"size {size}, spacing {spacing} mm, origin ({origin}){oblique}"
+        if other is not None and self.direction != other.direction:
+            digits = next(
+                (
+                    d
+                    for d in range(4, 17)
+                    if [f"{v:.{d}g}" for v in self.direction] != [f"{v:.{d}g}" for v in other.direction]
+                ),
+                17,
+            )
+            text += f", direction ({', '.join(f'{v:.{digits}g}' for v in self.direction)})"
+        if other is not None and text == other.describe() and not self.same_as(other):
+            text += f" (differs beyond the digits shown: origin {self.origin}, spacing {self.spacing})"
+        return text
 
     def apply(self, image: sitk.Image) -> sitk.Image:
         """Stamp this geometry onto an image of the same size."""

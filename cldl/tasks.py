@@ -60,8 +60,14 @@ class Task:
         values = np.unique(labels)
         stray = sorted(set(values.tolist()) - set(self.label_values))
         if stray and unknown == "error":
+            shown = (
+                str(stray)
+                if len(stray) <= 8
+                else f"[{', '.join(f'{v:g}' for v in stray[:8])}, ...] ({len(stray)} values)"
+            )
             raise ValueError(
-                f"label values {stray} are not part of task {self.name!r} (expected {list(self.label_values)})"
+                f"label values {shown} are not part of task {self.name!r} (expected {list(self.label_values)}"
+                + ("; an image rather than a label map?)" if len(stray) > 8 else ")")
             )
         out = np.zeros(labels.shape, dtype=np.uint8)
         for index, value in enumerate(lut_keys):

@@ -57,7 +57,7 @@ def _inflate(handle: IO[bytes], wbits: int, sink: bytearray | None = None) -> tu
             try:
                 piece = decompressor.decompress(chunk)
             except zlib.error as exc:
-                return produced, f"corrupt compressed data ({exc})"
+                return produced, _zlib_problem(exc)
             produced += len(piece)
             if sink is not None:
                 sink += piece
@@ -68,6 +68,21 @@ def _inflate(handle: IO[bytes], wbits: int, sink: bytearray | None = None) -> tu
                     return produced, None  # a zlib stream is one member; trailing bytes are not image data
                 decompressor, fed = zlib.decompressobj(wbits), False
     return produced, ("truncated" if fed else None)
+
+
+ZLIB_PROBLEMS = {
+    "incorrect data check": "its gzip checksum (CRC-32) does not match the data",
+    "incorrect length check": "its gzip length field does not match the data",
+    "incorrect header check": "not gzip data where the file says it is",
+}
+
+
+def _zlib_problem(exc: zlib.error) -> str:
+    """A zlib error as what it means for the file."""
+    for key, meaning in ZLIB_PROBLEMS.items():
+        if key in str(exc):
+            return meaning
+    return f"corrupt compressed data ({exc})"
 
 
 def _nifti_header(data: bytes) -> Any | None:
@@ -104,6 +119,8 @@ def read_nifti_gz(path: str | Path) -> tuple[bytearray, Any | None]:
     header = _nifti_header(data)
     if not data and problem is None:
         raise DamagedFileError(path, "empty file (0 bytes)")
+    if problem is not None and problem != "truncated":  # damaged, though perhaps complete: say what is wrong
+        raise DamagedFileError(path, f"damaged: {problem}")
     if header is not None:
         offset, expected = int(header.get_data_offset()), nifti_data_bytes(header)
         if len(data) < offset + expected:

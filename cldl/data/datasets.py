@@ -895,8 +895,8 @@ def _check_case(case: CaseFiles, task: Task, report: CheckReport) -> None:
                 report.problems.append(prefix + f"{name} does not overlap {names[0]} ({geometry.describe()})")
             else:
                 report.warnings.append(
-                    prefix + f"{name} is not on the grid of {names[0]} ({geometry.describe()} vs "
-                    f"{reference.describe()}); it will be resampled onto it"
+                    prefix + f"{name} is not on the grid of {names[0]} ({geometry.describe(reference)} vs "
+                    f"{reference.describe(geometry)}); it will be resampled onto it"
                 )
     if reference is not None:
         report.spacings.append(reference.spacing)
@@ -918,8 +918,8 @@ def _check_case(case: CaseFiles, task: Task, report: CheckReport) -> None:
             report.problems.append(prefix + f"the label map does not overlap the images ({label_geometry.describe()})")
         else:
             report.warnings.append(
-                prefix + f"the label map is not on the image grid ({label_geometry.describe()} vs "
-                f"{reference.describe()}); it will be resampled (nearest neighbour)"
+                prefix + f"the label map is not on the image grid ({label_geometry.describe(reference)} vs "
+                f"{reference.describe(label_geometry)}); it will be resampled (nearest neighbour)"
             )
     try:
         _, notes = _label_values(case, task, raw)

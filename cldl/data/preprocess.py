@@ -346,12 +346,14 @@ def align(
     covered = overlap_fraction(geometry, reference)
     if covered == 0.0:
         raise InputError(
-            f"{name} ({geometry.describe()}) does not overlap {reference_name} ({reference.describe()}); "
+            f"{name} ({geometry.describe(reference)}) does not overlap {reference_name} "
+            f"({reference.describe(geometry)}); "
             "they cannot belong to the same case"
         )
     warnings.warn(
         GeometryWarning(
-            f"{name} is not on the grid of {reference_name} ({geometry.describe()} vs {reference.describe()}); "
+            f"{name} is not on the grid of {reference_name} ({geometry.describe(reference)} vs "
+            f"{reference.describe(geometry)}); "
             f"resampled onto it ({interpolator} interpolation, covering {covered:.0%} of it)"
         ),
         stacklevel=3,
