@@ -663,3 +663,19 @@ def test_a_negative_et_min_voxels_is_an_argument_error(phantom_files: dict) -> N
     )
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1] == "cldl evaluate: error: argument --et-min-voxels: must be 0 or more, got -5"
+
+
+def test_sigterm_while_training_data_loads_ends_the_run_at_once(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    slow_loading = {**TINY_TRAIN, "phantoms": {"train_seeds": [0, 400], "val_seeds": [10_000, 10_001]}}
+    config.write_text(json.dumps(slow_loading))  # 400 phantoms of 96^3 to make before the first step
+    run = tmp_path / "run"
+    process = _start(_cldl("train", "--config", str(config), "--out", str(run), "--progress", "jsonl"))
+    for line in process.stdout:  # the first case is made: loading is under way
+        if json.loads(line).get("stage") == "load":
+            break
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143
+    assert _error_line(stderr) == "cldl: stopped by SIGTERM"
+    assert not run.exists()

@@ -24,7 +24,6 @@ from .atomic import FileState
 from .events import PROGRESS_MODES, Reporter
 
 DEMO_SEED = 90_000
-STOPPED_STATUS = 128 + 15  # the shell's status of a process ended by SIGTERM
 SAMPLE_SEED = 0  # the case of Slicer's Sample Data module (cldl sample)
 
 
@@ -366,10 +365,37 @@ def _quiet_image_libraries() -> None:
 class Stopped(KeyboardInterrupt):
     """SIGTERM (a batch scheduler, Slicer's Cancel, ``kill``): the command stops as on Ctrl+C, cleaning up."""
 
+    def __init__(self, number: int) -> None:
+        super().__init__(signal.Signals(number).name)
+        self.number = number
+
 
 def _raise_stopped(number: int, _frame: object) -> None:
     """The SIGTERM handler: stop the command where it is."""
-    raise Stopped(signal.Signals(number).name)
+    raise Stopped(number)
+
+
+def _training_stop():
+    """``cldl train``'s stop signals (:class:`cldl.distributed.StopSignals`): graceful once training runs (finish
+    the step, checkpoint, exit 0); before that (data still loading) a stop ends the command at once, as Ctrl+C. Under
+    torchrun always graceful, since the ranks must agree."""
+    from .distributed import StopSignals, launched_by_torchrun
+
+    class TrainingStop(StopSignals):
+        """Stop signals that act at once until the trainer first asks whether to stop."""
+
+        training = launched_by_torchrun()
+
+        def __call__(self) -> bool:
+            self.training = True  # the trainer asks from its first step on
+            return super().__call__()
+
+        def _handle(self, number: int, frame: object) -> None:
+            if not self.training:
+                raise Stopped(number)
+            super()._handle(number, frame)
+
+    return TrainingStop()
 
 
 @contextmanager
@@ -399,9 +425,11 @@ def _run(handler: Callable[[argparse.Namespace, Reporter], int], args: argparse.
         return handler(args, reporter)
     except KeyboardInterrupt as exc:
         reporter.close()
-        stopped = isinstance(exc, Stopped)
-        print("cldl: stopped by SIGTERM" if stopped else "cldl: interrupted", file=sys.stderr)
-        return STOPPED_STATUS if stopped else 130
+        if isinstance(exc, Stopped):
+            print(f"cldl: stopped by {exc}", file=sys.stderr)
+            return 128 + exc.number  # the shell's status of a process ended by that signal (SIGTERM: 143)
+        print("cldl: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, OSError, RuntimeError) as exc:  # every expected failure is one of these
         reporter.close()
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -567,7 +595,6 @@ def _segment_folder(args: argparse.Namespace, predictor: object, reporter: Repor
 
 def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl train``."""
-    from .distributed import StopSignals
     from .train import TrainConfig, Trainer
 
     overrides = {
@@ -599,7 +626,7 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
             overrides["phantoms"] = None
         config = TrainConfig.from_file(args.config, **overrides)
     reporter.log_file = args.out / "events.jsonl"  # events outlive a closed stdout (Slicer quit during training)
-    with StopSignals() as stop:  # SIGTERM / SIGUSR1: finish the step, checkpoint, exit 0 (see docs/scaling.md)
+    with _training_stop() as stop:  # SIGTERM / SIGUSR1: finish the step, checkpoint, exit 0 (see docs/scaling.md)
         trainer = Trainer(config, args.out, reporter, stop_requested=stop)
         summary = trainer.run(resume=args.resume)
     if reporter.mode != "jsonl" and trainer.dist.is_main:
