@@ -679,3 +679,52 @@ def test_sigterm_while_training_data_loads_ends_the_run_at_once(tmp_path: Path) 
     assert process.returncode == 143
     assert _error_line(stderr) == "cldl: stopped by SIGTERM"
     assert not run.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# situations that were already handled, kept so (docs/hostile_inputs.md)
+
+
+def test_sigint_during_inference_leaves_nothing(model: Path, phantom_files: dict, tmp_path: Path) -> None:
+    output = tmp_path / "seg.nii.gz"
+    argv = _cldl("segment", "--model", str(model), "-i", *_images(phantom_files), "-o", str(output))
+    process = _start([*argv, "--device", "cpu", "--progress", "jsonl", *SLOW])
+    _wait_for_progress(process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 130
+    assert _error_line(stderr) == "cldl: interrupted"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hard_link"])
+def test_one_file_twice_through_a_link_is_refused(
+    kind: str, model: Path, phantom_files: dict, tmp_path: Path, capfd
+) -> None:
+    twin = tmp_path / "t1.nii.gz"
+    (os.symlink if kind == "symlink" else os.link)(phantom_files["flair"], twin)
+    images = _images(phantom_files)
+    images[1] = str(twin)
+    argv = ["segment", "--model", str(model), "-i", *images, "-o", str(tmp_path / "seg.nii.gz"), "--device", "cpu"]
+    assert main([*argv, "--progress", "none"]) == 1
+    assert "is given for both flair and t1" in _error_line(capfd.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t1.nii.gz"]
+
+
+def test_a_png_named_nii_gz_is_not_an_image(model: Path, phantom_files: dict, tmp_path: Path, capfd) -> None:
+    fake = tmp_path / "flair.nii.gz"
+    fake.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    argv = ["segment", "--model", str(model), "-i", str(fake), *_images(phantom_files)[1:]]
+    assert main([*argv, "-o", str(tmp_path / "seg.nii.gz"), "--progress", "none"]) == 1
+    line = _error_line(capfd.readouterr().err)  # and no lines of libpng's own
+    assert "flair.nii.gz: not a readable image: it holds a PNG picture, not a 3D volume" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flair.nii.gz"]
+
+
+def test_a_python_tag_in_a_yaml_config_runs_nothing(tmp_path: Path, capfd) -> None:
+    marker = tmp_path / "code_ran"
+    config = tmp_path / "config.yaml"
+    config.write_text(f'task: brats\nphantoms: !!python/object/apply:os.system ["touch {marker}"]\n')
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--progress", "none"]) == 1
+    assert "not valid YAML" in _error_line(capfd.readouterr().err)
+    assert not marker.exists() and not (tmp_path / "run").exists()

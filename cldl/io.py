@@ -310,6 +310,27 @@ def _check_promised_size(path: Path) -> None:
         )
 
 
+OTHER_FORMATS = {  # file signatures of formats that are not volumes (their readers would print their own errors)
+    b"\x89PNG": "a PNG picture",
+    b"\xff\xd8\xff": "a JPEG picture",
+    b"GIF8": "a GIF picture",
+    b"II*\x00": "a TIFF picture",
+    b"MM\x00*": "a TIFF picture",
+    b"BM": "a BMP picture",
+    b"%PDF": "a PDF document",
+    b"PK\x03\x04": "a ZIP archive",
+}
+
+
+def _check_content(path: Path) -> None:
+    """Refuse a file whose content is a picture or document format however it is named (a PNG named .nii.gz)."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    for signature, what in OTHER_FORMATS.items():
+        if head.startswith(signature):
+            raise ImageError(f"{path}: not a readable image: it holds {what}, not a 3D volume")
+
+
 def _read_sitk(path: str | Path) -> sitk.Image:
     """Any supported image as a SimpleITK image, or a one-line ImageError."""
     path = check_input_path(path)
@@ -317,6 +338,7 @@ def _read_sitk(path: str | Path) -> sitk.Image:
         return _read_dicom_series(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         return _read_dicom_series(path.parent, path)
+    _check_content(path)
     _check_promised_size(path)
     try:
         if _lower(path).endswith(".nii.gz"):
@@ -415,6 +437,7 @@ def image_info(path: str | Path) -> tuple[Geometry, int, str]:
     if path.is_dir() or path.suffix.lower() in DICOM_SUFFIXES:
         image = _read_sitk(path)
         return Geometry.of(image), image.GetNumberOfComponentsPerPixel(), image.GetPixelIDTypeAsString()
+    _check_content(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

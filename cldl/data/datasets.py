@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import random
 import re
 import warnings
@@ -165,10 +166,14 @@ def check_modality_order(paths: list[str | Path], task: Task) -> None:
 
 
 def check_distinct_files(paths: Sequence[str | Path], modalities: Sequence[str]) -> None:
-    """Refuse the same file given for two modalities."""
-    seen: dict[Path, str] = {}
+    """Refuse the same file given for two modalities (by path, symbolic link or hard link)."""
+    seen: dict[object, str] = {}
     for path, modality in zip(paths, modalities):
-        key = Path(path).resolve()
+        try:
+            stat = os.stat(path)
+            key: object = (stat.st_dev, stat.st_ino)
+        except OSError:  # missing: the read says so
+            key = Path(path).resolve()
         if key in seen:
             raise InputError(f"{path} is given for both {seen[key]} and {modality}; each modality needs its own image")
         seen[key] = modality
