@@ -537,6 +537,22 @@ def test_a_yaml_alias_bomb_is_refused_quickly_under_a_memory_limit(tmp_path: Pat
     assert not run.exists()
 
 
+def test_sigterm_while_training_data_loads_ends_the_run_at_once(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    slow_loading = {**TINY_TRAIN, "phantoms": {"train_seeds": [0, 400], "val_seeds": [10_000, 10_001]}}
+    config.write_text(json.dumps(slow_loading))  # 400 phantoms of 96^3 to make before the first step
+    run = tmp_path / "run"
+    process = _start(_cldl("train", "--config", str(config), "--out", str(run), "--progress", "jsonl"))
+    for line in process.stdout:  # the first case is made: loading is under way
+        if json.loads(line).get("stage") == "load":
+            break
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143
+    assert _error_line(stderr) == "cldl: stopped by SIGTERM"
+    assert not run.exists()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 10: messages that say what is wrong, in one line
 
@@ -665,22 +681,6 @@ def test_a_negative_et_min_voxels_is_an_argument_error(phantom_files: dict) -> N
     assert done.stderr.splitlines()[-1] == "cldl evaluate: error: argument --et-min-voxels: must be 0 or more, got -5"
 
 
-def test_sigterm_while_training_data_loads_ends_the_run_at_once(tmp_path: Path) -> None:
-    config = tmp_path / "config.json"
-    slow_loading = {**TINY_TRAIN, "phantoms": {"train_seeds": [0, 400], "val_seeds": [10_000, 10_001]}}
-    config.write_text(json.dumps(slow_loading))  # 400 phantoms of 96^3 to make before the first step
-    run = tmp_path / "run"
-    process = _start(_cldl("train", "--config", str(config), "--out", str(run), "--progress", "jsonl"))
-    for line in process.stdout:  # the first case is made: loading is under way
-        if json.loads(line).get("stage") == "load":
-            break
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 143
-    assert _error_line(stderr) == "cldl: stopped by SIGTERM"
-    assert not run.exists()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # situations that were already handled, kept so (docs/hostile_inputs.md)
 
@@ -728,3 +728,13 @@ def test_a_python_tag_in_a_yaml_config_runs_nothing(tmp_path: Path, capfd) -> No
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--progress", "none"]) == 1
     assert "not valid YAML" in _error_line(capfd.readouterr().err)
     assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+def test_the_docs_table_names_only_tests_that_exist() -> None:
+    root = Path(__file__).parents[1]
+    table = (root / "docs" / "hostile_inputs.md").read_text(encoding="utf-8")
+    names = re.findall(r"`(?:Testing/(test_\w+)\.py::)?(test_\w+)", table)
+    assert len(names) > 40
+    for module, name in names:
+        source = (root / "Testing" / f"{module or 'test_hostile'}.py").read_text(encoding="utf-8")
+        assert f"def {name}(" in source, (module, name)
