@@ -738,3 +738,14 @@ def test_the_docs_table_names_only_tests_that_exist() -> None:
     for module, name in names:
         source = (root / "Testing" / f"{module or 'test_hostile'}.py").read_text(encoding="utf-8")
         assert f"def {name}(" in source, (module, name)
+
+
+def test_random_bytes_as_a_checkpoint_get_no_unsafe_advice(tmp_path: Path) -> None:
+    from cldl.checkpoint import CheckpointError, load_checkpoint
+
+    path = tmp_path / "random.pt"
+    path.write_bytes(np.random.default_rng(1).bytes(2048))
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    assert "not a loadable CLDL checkpoint (not a safe torch checkpoint: " in str(error.value)
+    assert "weights_only" not in str(error.value) and "\n" not in str(error.value)

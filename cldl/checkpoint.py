@@ -10,6 +10,7 @@ Layout (format 1)::
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,15 +86,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: the error below says what matters
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):  # never pass on torch's advice
-            raise CheckpointError(
-                f"{path}: refused: it holds Python objects other than weights, which could run code when loaded "
-                "(a CLDL checkpoint holds only tensors and plain values)"
-            ) from None
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a loadable CLDL checkpoint ({reason[:200]})") from None
+        raise CheckpointError(f"{path}: {_load_problem(exc)}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a CLDL checkpoint (no '{FORMAT}' marker)")
     version = data.get("format_version")
@@ -126,6 +123,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if checkpoint.model_config.num_classes != checkpoint.task.num_classes:
         raise CheckpointError(f"{path}: model classes do not match the task's labels")
     return checkpoint
+
+
+def _load_problem(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, without torch's advice to load unsafely."""
+    text = str(exc)
+    if "GLOBAL" in text:  # the safe unpickler met a Python object (a class, a function such as os.system)
+        return (
+            "refused: it holds Python objects other than weights, which could run code when loaded (a CLDL "
+            "checkpoint holds only tensors and plain values)"
+        )
+    if "Weights only load failed" in text:  # anything else the safe unpickler could not read
+        details = (
+            text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines() if "WeightsUnpickler" in text else []
+        )
+        detail = details[0].strip()[:120] if details and "Weights only" not in details[0] else "unreadable data"
+        return f"not a loadable CLDL checkpoint (not a safe torch checkpoint: {detail})"
+    reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"not a loadable CLDL checkpoint ({reason[:200]})"
 
 
 def _check_weights(path: Path, state_dict: object) -> None:

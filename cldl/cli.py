@@ -16,12 +16,16 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import __version__, defaults
 from .atomic import FileState
 from .events import PROGRESS_MODES, Reporter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .distributed import StopSignals
 
 DEMO_SEED = 90_000
 SAMPLE_SEED = 0  # the case of Slicer's Sample Data module (cldl sample)
@@ -363,7 +367,7 @@ def _quiet_image_libraries() -> None:
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGTERM (a batch scheduler, Slicer's Cancel, ``kill``): the command stops as on Ctrl+C, cleaning up."""
+    """A stop signal (SIGTERM from a batch scheduler or ``kill``): the command stops as on Ctrl+C, cleaning up."""
 
     def __init__(self, number: int) -> None:
         super().__init__(signal.Signals(number).name)
@@ -375,7 +379,7 @@ def _raise_stopped(number: int, _frame: object) -> None:
     raise Stopped(number)
 
 
-def _training_stop():
+def _training_stop() -> StopSignals:
     """``cldl train``'s stop signals (:class:`cldl.distributed.StopSignals`): graceful once training runs (finish
     the step, checkpoint, exit 0); before that (data still loading) a stop ends the command at once, as Ctrl+C. Under
     torchrun always graceful, since the ranks must agree."""
