@@ -23,7 +23,7 @@ from cldl.io import read_image, write_image
 from cldl.tasks import BRATS
 
 SENTINEL = b"someone else's file, must survive"
-SLOW = ["--overlap", "0.9", "--window-batch", "1"]  # hundreds of windows: seconds, time to act during the run
+SLOW = ["--overlap", "0.9", "--window-batch", "1", "--tta"]  # many windows, 8 flips each: time to act during a run
 
 
 @pytest.fixture(scope="module")
