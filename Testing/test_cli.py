@@ -288,8 +288,10 @@ def test_train_resume_and_config_errors(tmp_path: Path, capfd: pytest.CaptureFix
     assert best.task == BRATS and best.training_state is None and best.provenance["epoch"] == 1
     assert json.loads((run / "config.json").read_text())["model"] == {"base_width": 4}
 
-    # --resume continues to the new epoch count, with JSON events on stdout
-    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--progress", "jsonl"]) == 0
+    # --resume continues to the new epoch count, with JSON events on stdout; a flag repeating the recorded value
+    # (the same --seed here) is no change
+    seed = str(json.loads((run / "config.json").read_text())["seed"])
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--seed", seed, "--progress", "jsonl"]) == 0
     events = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
     assert [e["epoch"] for e in events if e["event"] == "metrics"] == [2]
     assert events[-1]["event"] == "result" and events[-1]["epochs"] == 2

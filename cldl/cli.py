@@ -616,7 +616,9 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
         saved = args.out / "config.json"
         if not saved.is_file():
             raise FileNotFoundError(f"{saved} not found: --resume needs a run folder made by `cldl train`")
-        changed = sorted(set(overrides) - {"epochs", "device", "compile", "channels_last", "prefetch"})
+        recorded = json.loads(saved.read_text())
+        same = {k for k, v in overrides.items() if recorded.get(k) == (str(v) if isinstance(v, Path) else v)}
+        changed = sorted(set(overrides) - same - {"epochs", "device", "compile", "channels_last", "prefetch"})
         if changed:
             raise ValueError(
                 f"a resumed run keeps its config; only --epochs and --device (and the speed options --compile, "
