@@ -4,7 +4,7 @@ on it and its ``connect()`` calls; slicer.util, MRML and the Lib stay real, so a
 
 from __future__ import annotations
 
-import sys
+import importlib
 import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -208,15 +208,18 @@ def fakeCtk() -> types.ModuleType:
 class ScriptedLoadableModule:
     def __init__(self, parent) -> None:
         self.parent = parent
+        self.moduleName = type(self).__name__
 
     def resourcePath(self, filename: str) -> str:
-        return str(Path(sys.modules[type(self).__module__].__file__).parent / "Resources" / filename)
+        """As Slicer's: ``Resources/`` next to the module file of ``moduleName`` (``slicer.util.modulePath``)."""
+        return str(Path(importlib.import_module(self.moduleName).__file__).parent / "Resources" / filename)
 
 
 class ScriptedLoadableModuleWidget(ScriptedLoadableModule):
     def __init__(self, parent=None) -> None:
         self.parent = parent or types.SimpleNamespace(isEntered=True)
         self.layout = FakeFormLayout()
+        self.moduleName = type(self).__name__.removesuffix("Widget")  # as Slicer's: the class name, not its file
 
     def setup(self) -> None:
         pass

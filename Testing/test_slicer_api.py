@@ -196,15 +196,12 @@ def _members(cls: str) -> dict[str, list[str]]:
 #: Receiver of each CamelCase method call, per file, read from the code: the class whose instances it holds
 #: (``slicer.*`` and ``vtk.*`` classes of the slicer-core wheel). A new receiver must be added here.
 RECEIVERS: dict[str, dict[str, str]] = {
-    "CLDLSegmentation.py": {
+    "CLDLSegmentationSelfTest.py": {
         "display": "vtkMRMLScalarVolumeDisplayNode",
-        "node": "vtkMRMLScalarVolumeNode",
         "result.segmentationNode": "vtkMRMLSegmentationNode",
         "result.uncertaintyNode": "vtkMRMLScalarVolumeNode",
         "segmentation": "vtkSegmentation",
-        "self._parameterNode.parameterNode": "vtkMRMLScriptedModuleNode",
     },
-    "CLDLTraining.py": {},
     "cases.py": {
         "first": "vtkMRMLScalarVolumeNode",
         "node": "vtkMRMLNode",
@@ -268,6 +265,10 @@ RECEIVERS: dict[str, dict[str, str]] = {
         "table": "vtkMRMLColorTableNode",
     },
     "terminology.py": {"terminologiesLogic": "vtkSlicerTerminologiesModuleLogic"},
+    "widget.py": {
+        "node": "vtkMRMLScalarVolumeNode",
+        "self._parameterNode.parameterNode": "vtkMRMLScriptedModuleNode",
+    },
     "volumes.py": {
         "a": "vtkMRMLScalarVolumeNode",
         "a.GetImageData()": "vtk.vtkImageData",
@@ -287,7 +288,7 @@ RECEIVERS: dict[str, dict[str, str]] = {
     },
 }
 #: Python modules (not MRML) that CamelCase calls are made on; qt and PyTorchUtils are checked below.
-NOT_MRML = {"argparse", "psutil", "qt", "queue", "sitk", "subprocess", "threading", "PyTorchUtils"}
+NOT_MRML = {"argparse", "psutil", "qt", "queue", "sitk", "subprocess", "threading", "unittest", "PyTorchUtils"}
 #: Methods the modules call only behind ``hasattr`` (newer Slicer): class -> methods.
 GUARDED = {"vtkSegment": {"SetTerminology"}}
 
@@ -373,7 +374,7 @@ def _parameterFields() -> dict[str, tuple[str, str]]:
                             name = "vtkMRMLNode"
                         elif name in enums or name.endswith("Choice"):
                             name = "enum.Enum"
-                        fields[f"{path.stem}.{item.target.id}"] = (path.name, name)
+                        fields[f"{cls.name.removesuffix('ParameterNode')}.{item.target.id}"] = (path.name, name)
     return fields
 
 
@@ -445,8 +446,12 @@ def _wrappedCalls() -> set[str]:
     widgets = _ui_widgets()
     used = set()
     for _, tree in _trees():
-        bound = {}  # local name -> Qt class
+        bound = {}  # local name -> Qt class (assigned, or a parameter annotated with it)
         for node in ast.walk(tree):
+            if isinstance(node, ast.arg) and node.annotation is not None:
+                annotation = _chain(node.annotation) or ""
+                if annotation.startswith("qt.") and annotation[3:] in WRAPPED_WIDGETS:
+                    bound[node.arg] = annotation[3:]
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                 value = node.value
                 chain = _chain(value.func) if isinstance(value, ast.Call) else _chain(value)

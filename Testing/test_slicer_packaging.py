@@ -98,12 +98,20 @@ def test_module_files_are_listed_and_exist(module: str) -> None:
     assert on_disk == resources, f"Resources/ and MODULE_PYTHON_RESOURCES differ: {sorted(on_disk ^ resources)}"
     for required in (f"Resources/UI/{module}.ui", f"Resources/Icons/{module}.png"):
         assert required in resources
-    source = (folder / f"{module}.py").read_text()
-    for used in re.findall(r'resourcePath\(\s*"([^"]+)"\s*\)', source):
-        assert f"Resources/{used}" in resources, f"{module}.py uses Resources/{used}, which is not installed"
+    for source in (folder / f"{module}.py", folder / f"{module}Lib" / "widget.py"):
+        for used in re.findall(r'resourcePath\(\s*"([^"]+)"\s*\)', source.read_text()):
+            assert f"Resources/{used}" in resources, f"{source.name} uses Resources/{used}, which is not installed"
     text = _cmake(folder / "CMakeLists.txt")
     assert re.search(r"slicerMacroBuildScriptedModule\([^)]*WITH_GENERIC_TESTS", text)
-    assert re.search(r"slicer_add_python_unittest\(\s*SCRIPT\s+\$\{MODULE_NAME\}\.py\s*\)", text)
+    assert re.search(r"if\(BUILD_TESTING\)\s*add_subdirectory\(Testing\)\s*endif\(\)", text)
+    assert re.fullmatch(r"\s*add_subdirectory\(Python\)\s*", _cmake(folder / "Testing" / "CMakeLists.txt"))
+    selfTest = f"{module}SelfTest.py"
+    assert re.fullmatch(
+        rf"\s*slicer_add_python_unittest\(SCRIPT {selfTest}\)\s*",
+        _cmake(folder / "Testing" / "Python" / "CMakeLists.txt"),
+    )
+    assert f"Testing/Python/{selfTest}" in scripts, "the self-test ships (the Reload & Test button runs it)"
+    assert f'"Testing" / "Python", "{module}SelfTest"' in (folder / f"{module}.py").read_text()
     assert _png_size(folder / "Resources" / "Icons" / f"{module}.png") == (128, 128)
 
 

@@ -17,7 +17,7 @@ import slicer
 import slicer_standins as standins
 import slicer_testing  # noqa: F401  (puts the module folders on sys.path)
 import vtk
-from CLDLSegmentationLib import sampledata
+from CLDLSegmentationLib import dependencies, sampledata
 from CLDLSegmentationLib.process import ProcessError
 from CLDLSegmentationLib.sampledata import (
     SAMPLE_MODALITIES,
@@ -107,7 +107,8 @@ def slicerApp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setitem(sys.modules, "ctk", standins.fakeCtk())
     for name, module in standins.slicerPackages().items():
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.delitem(sys.modules, "CLDLSegmentation", raising=False)
+    for name in ("CLDLSegmentation", "CLDLSegmentationLib.widget"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     app = standins.FakeApplication(str(tmp_path / "cache"))
     monkeypatch.setattr(slicer, "app", app, raising=False)
     monkeypatch.setattr(slicer, "mrmlScene", new_scene(), raising=False)
@@ -134,8 +135,8 @@ def test_startup_loads_the_terminology_and_registers_the_sample(slicerApp, monke
     loaded: list = []
     monkeypatch.setattr(slicer.util, "showStatusMessage", lambda *a, **k: None)
     monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", standins.noErrorDisplay)
-    monkeypatch.setattr(module, "ensureSampleDependencies", lambda requester: loaded.append(requester))
-    monkeypatch.setattr(module, "downloadSample", lambda *args: loaded.append(args) or [1])
+    monkeypatch.setattr(dependencies, "ensureSampleDependencies", lambda requester: loaded.append(requester))
+    monkeypatch.setattr(sampledata, "downloadSample", lambda *args: loaded.append(args) or [1])
     assert arguments["customDownloader"]("source") == [1]
     assert loaded == ["CLDL", ("source", app.cachePath, slicer.mrmlScene)], "dependencies first, then the case"
 

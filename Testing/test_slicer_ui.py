@@ -32,7 +32,8 @@ WIDGETS_FOR_KIND = {
 
 
 def _module_tree(module: str) -> ast.Module:
-    return ast.parse((ROOT / module / f"{module}.py").read_text())
+    """The panel's code: ``<module>Lib/widget.py`` (the module file only names its classes)."""
+    return ast.parse((ROOT / module / f"{module}Lib" / "widget.py").read_text())
 
 
 def _ui(module: str) -> ET.Element:
@@ -57,7 +58,7 @@ def _enum_names(tree: ast.Module) -> set[str]:
     """Enum classes the module can see: defined or imported from its Lib (checked in the Lib source)."""
     names = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("CLDLSegmentationLib"):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("CLDLSegmentationLib")):
             for alias in node.names:
                 names.add(alias.name)
     enums = set()

@@ -17,6 +17,8 @@ from slicer_testing import CONFIDENCE_SUMMARY as SUMMARY
 from slicer_testing import add_volume, new_scene
 
 CHECKPOINTS_SETTING = "CLDL/Checkpoints"
+#: The module files and the Lib modules that import qt (imported afresh over the stand-ins in each test).
+WIDGET_MODULES = ("CLDLSegmentation", "CLDLTraining", "CLDLSegmentationLib.widget", "CLDLTrainingLib.widget")
 
 
 @pytest.fixture
@@ -27,7 +29,7 @@ def slicerApp(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "ctk", standins.fakeCtk())
     for name, module in standins.slicerPackages().items():
         monkeypatch.setitem(sys.modules, name, module)
-    for name in ("CLDLSegmentation", "CLDLTraining"):
+    for name in WIDGET_MODULES:
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.setattr(slicer, "qMRMLNodeComboBox", standins.FakeNodeComboBox, raising=False)
     monkeypatch.setattr(slicer.util, "loadUI", lambda path: standins.FakeWidget(str(path), "QWidget"))
@@ -40,8 +42,10 @@ def slicerApp(monkeypatch: pytest.MonkeyPatch):
     scene.Clear(1)
 
 
-def _segmentationWidget(monkeypatch: pytest.MonkeyPatch, queried: list):
-    module = importlib.import_module("CLDLSegmentation")
+def _segmentationWidget(monkeypatch: pytest.MonkeyPatch, queried: list, logic=None):
+    """The panel's module (``CLDLSegmentationLib.widget``) and its widget after ``setup(logic)``."""
+    module = importlib.import_module("CLDLSegmentationLib.widget")
+    assert importlib.import_module("CLDLSegmentation").CLDLSegmentationWidget is module.CLDLSegmentationWidget
 
     def startEngineInfo(paths, onDone, singleShot):
         queried.append(list(paths))
@@ -49,7 +53,7 @@ def _segmentationWidget(monkeypatch: pytest.MonkeyPatch, queried: list):
 
     monkeypatch.setattr(module, "startEngineInfo", startEngineInfo)
     widget = module.CLDLSegmentationWidget()
-    widget.setup()
+    widget.setup(logic)
     return module, widget
 
 
@@ -157,16 +161,19 @@ def test_segmentation_map_choice_describes_and_marks_any_map(slicerApp, monkeypa
 
 def test_segmentation_setup_fails_on_a_missing_slicer_name(slicerApp, monkeypatch) -> None:
     """The smoke test can fail: a call to a name slicer.util lacks (the old ``toList``) raises in setup()."""
-    module = importlib.import_module("CLDLSegmentation")
+    module = importlib.import_module("CLDLSegmentationLib.widget")
     monkeypatch.setattr(module, "storedPaths", lambda value: slicer.util.toList(value))
     with pytest.raises(AttributeError, match="toList"):
         module.CLDLSegmentationWidget().setup()
 
 
 def test_training_setup_binds_paths_and_buttons(slicerApp, tmp_path: Path) -> None:
-    module = importlib.import_module("CLDLTraining")
+    module = importlib.import_module("CLDLTrainingLib.widget")
+    assert importlib.import_module("CLDLTraining").CLDLTrainingWidget is module.CLDLTrainingWidget
     widget = module.CLDLTrainingWidget()
-    widget.setup()
+    logic = module.CLDLTrainingLogic()
+    widget.setup(logic)
+    assert widget.logic is logic, "setup() takes the logic to use (tests pass their own)"
     ui = widget.ui
     assert ui.dataDirPathLineEdit.filters == standins.FakePathLineEdit.Dirs
     assert ui.configPathLineEdit.filters == standins.FakePathLineEdit.Files

@@ -10,6 +10,8 @@
 - :mod:`.panel`: the panel's decisions (input guessing, overlay updates) as plain functions
 - :mod:`.cases`: several loaded cases in a row: grouping volumes into cases by name, the queue that runs them
 - :mod:`.logic`: :class:`SegmentationLogic`, the whole run, blocking or not
+- :mod:`.sampledata`: the Sample Data case
+- :mod:`.widget`: the panel (Qt; needs the Slicer application, not imported here)
 """
 
 from .cases import CaseQueue, LoadedCase, findLoadedCases

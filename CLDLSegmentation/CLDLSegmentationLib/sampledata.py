@@ -2,8 +2,8 @@
 
 The engine (``cldl sample``, a subprocess: torch and nilearn never load in Slicer's process) writes one
 anatomy-based BraTS-like case into a cache folder; a later click only loads the files. The downloader Slicer calls
-(``customDownloader(source)``) is :func:`downloadSample`; registration and startup glue are in
-``CLDLSegmentation.py``.
+(``customDownloader(source)``) is :func:`onSampleClicked`, registered at startup by :func:`registerSample`
+(both need the Slicer application; the rest is plain Python, tested on slicer-core).
 """
 
 from __future__ import annotations
@@ -102,3 +102,24 @@ def sampleSourceArguments(thumbnail: str, downloader: Callable) -> dict:
         "thumbnailFileName": thumbnail,
         "customDownloader": downloader,
     }
+
+
+def registerSample(thumbnail: str) -> None:
+    """Register the case in Slicer's Sample Data module (called once startup has completed)."""
+    import SampleData
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(**sampleSourceArguments(thumbnail, onSampleClicked))
+
+
+def onSampleClicked(source) -> list:
+    """Sample Data's downloader: the engine makes the case once (about a minute), then it is loaded."""
+    import slicer
+    from slicer.i18n import tr as _
+
+    from .dependencies import ensureSampleDependencies
+
+    slicer.util.showStatusMessage(_("Preparing the CLDL demo case (the first time takes about a minute)..."))
+    with slicer.util.tryWithErrorDisplay(_("Cannot prepare the CLDL demo case."), waitCursor=True):
+        ensureSampleDependencies(requester="CLDL")
+        return downloadSample(source, slicer.app.cachePath, slicer.mrmlScene)
+    return []

@@ -85,6 +85,22 @@ def buildConfig(
     return values
 
 
+def trainingOverrides(parameters: Any, resume: bool = False) -> dict[str, Any]:
+    """The panel's settings as ``TrainConfig`` overrides: a resumed run takes only its epochs and device; the device
+    is left to ``torchrun`` (CUDA, one rank per GPU) when several GPUs are asked for."""
+    device = None if parameters.gpus > 1 else getattr(parameters.device, "value", parameters.device)
+    if resume:
+        return {"epochs": parameters.epochs, "device": device}
+    return {
+        "epochs": parameters.epochs,
+        "iters_per_epoch": parameters.itersPerEpoch,
+        "patch_size": parameters.patchSize,
+        "lr": parameters.learningRate,
+        "curriculum": parameters.curriculum,
+        "device": device,
+    }
+
+
 def isSet(path: str | Path | None) -> bool:
     """Whether a path setting holds a path (not empty, not the ``.`` an empty ``Path()`` prints as)."""
     return path is not None and str(path) not in ("", ".")
