@@ -411,6 +411,9 @@ def test_check_command_on_a_good_dataset_and_jsonl(tmp_path: Path, capsys: pytes
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert events[-1]["event"] == "result" and events[-1]["ok"] is True
     assert any(e["event"] == "log" and e["message"].startswith("layout: msd") for e in events)
+    assert main(["datasets", "check", str(tmp_path), "--quick", "--json"]) == 0
+    quick = json.loads(capsys.readouterr().out)
+    assert (quick["layout"], quick["cases"], quick["labelled"], quick["label_values"]) == ("msd", 4, 3, {})
     assert main(["datasets", "check", str(tmp_path / "nope")]) == 1
     assert "no such file" in capsys.readouterr().err
 

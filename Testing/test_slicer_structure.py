@@ -96,3 +96,32 @@ def test_training_overrides_of_the_panel() -> None:
     assert trainingOverrides(p, resume=True) == {"epochs": 5, "device": "cpu"}
     p.gpus = 2
     assert trainingOverrides(p)["device"] is None and trainingOverrides(p, resume=True)["device"] is None
+
+
+def _bratsFolder(folder: Path) -> Path:
+    from cldl.data.phantoms import brats_phantom, write_case
+
+    for seed in (1, 2):
+        write_case(brats_phantom(seed, shape=(16, 16, 16)), folder)
+    return folder
+
+
+def test_dataset_check_runs_in_the_engine_not_in_slicer(tmp_path: Path) -> None:
+    """Choosing a dataset folder asks the engine (a subprocess): the panel's Python never imports torch for it."""
+    data = _bratsFolder(tmp_path / "data")
+    done = _runBlocked(
+        {"qt", "ctk", "torch"},
+        f"""
+        import sys
+        from CLDLTrainingLib.logic import TrainingLogic, describeDatasetReport
+
+        reports = []
+        TrainingLogic(charts=False).checkDataset({str(data)!r}, "brats", lambda r, e: reports.append((r, e)))
+        (report, error), = reports
+        assert error is None, error
+        assert "torch" not in sys.modules
+        print(describeDatasetReport(report))
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2 cases found (2 with a label map); layout: brats, task brats"

@@ -252,3 +252,49 @@ def test_segmentation_segments_loaded_cases_in_a_row(slicerApp, monkeypatch) -> 
     assert [row[2] for row in ui.casesTable.texts()[:2]] == ["cancelled", "cancelled"]
     assert ui.applyButton.enabled is True and len(errors) == 1
     widget.cleanup()
+
+
+def _runTimers(until, timeout: float = 120.0) -> None:
+    """Run the queued ``qt.QTimer.singleShot`` callbacks (as Slicer's event loop would) until ``until()``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert standins.Timers.queue and time.monotonic() < deadline, "nothing left to run"
+        _, callback = standins.Timers.queue.pop(0)
+        time.sleep(0.05)
+        callback()
+
+
+def test_training_dataset_folder_is_checked_by_the_engine_in_the_background(slicerApp, tmp_path: Path) -> None:
+    """Choosing a folder starts ``cldl datasets check --quick`` (no file read, no torch here); Check dataset reads
+    every file and logs the report; a newer check cancels the running one."""
+    from cldl.data.phantoms import brats_phantom, write_case
+
+    for seed in (1, 2):
+        write_case(brats_phantom(seed, shape=(16, 16, 16)), tmp_path / "data")
+    module = importlib.import_module("CLDLTrainingLib.widget")
+    widget = module.CLDLTrainingWidget()
+    widget.setup()
+    ui = widget.ui
+    widget._setPath("dataDir", str(tmp_path / "data"))
+    widget._updateGui()
+    assert ui.datasetInfoLabel.text == "Finding the cases..."
+    assert "--quick" in widget._checkProcess.command
+    _runTimers(lambda: not widget._checkProcess.running)
+    assert ui.datasetInfoLabel.text == "2 cases found (2 with a label map); layout: brats, task brats"
+    assert ui.logTextEdit.calls == []
+
+    widget.onCheckDataset()
+    first = widget._checkProcess
+    widget.onCheckDataset()  # again at once: the first check is cancelled and reports nothing
+    assert first.cancelled and "--quick" not in widget._checkProcess.command
+    _runTimers(lambda: not widget._checkProcess.running and not first.running)
+    logged = [args[0] for name, args in ui.logTextEdit.calls if name == "appendPlainText"]
+    assert "OK: no problems found" in logged and ui.logCollapsibleButton.collapsed is False
+    assert ui.datasetInfoLabel.text.startswith("2 cases found")
+    widget._setPath("dataDir", str(tmp_path / "missing"))
+    widget._updateGui()
+    _runTimers(lambda: not widget._checkProcess.running)
+    assert "no such file" in ui.datasetInfoLabel.text
+    widget.cleanup()

@@ -255,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--task", help="task (default: inferred from the layout); brats, mmwhs_ct, ... or dataset.json")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument(
+        "--quick",
+        action="store_true",
+        help="find the layout and the cases by file name only (reads no image; seconds for any dataset)",
+    )
+    check.add_argument(
         "--progress",
         choices=PROGRESS_MODES,
         default=None,
@@ -753,7 +758,7 @@ def _clean_json(value: object) -> object:
 def cmd_datasets(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl datasets check``: layout, cases, modalities, label values and every problem of a dataset;
     ``cldl datasets split``: the training / validation case ids of ``cldl train``."""
-    from .data.datasets import check_dataset, detect_dataset
+    from .data.datasets import CheckReport, check_dataset, detect_dataset
     from .tasks import get_task
 
     if args.datasets_command == "split":
@@ -761,7 +766,10 @@ def cmd_datasets(args: argparse.Namespace, reporter: Reporter) -> int:
     mode = args.progress or ("bar" if sys.stderr.isatty() else "none")
     reporter = Reporter(mode)
     dataset = detect_dataset(args.dir, get_task(args.task) if args.task else None)
-    report = check_dataset(dataset, progress=lambda done, total: reporter.progress("check", done, total))
+    if args.quick:
+        report = CheckReport(dataset)
+    else:
+        report = check_dataset(dataset, progress=lambda done, total: reporter.progress("check", done, total))
     reporter.close()
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

@@ -20,6 +20,7 @@ from typing import Any
 from CLDLSegmentationLib.process import (
     JsonLinesProcess,
     ProcessError,
+    engineCommand,
     engineEnvironment,
     pythonExecutable,
     schedulePolling,
@@ -355,32 +356,58 @@ class TrainingLogic:
             schedulePolling(handle.poll, self.singleShot, ms=500)
         return handle
 
-    @staticmethod
-    def datasetSummary(dataDir: str | Path, task: str) -> str:
-        """A quick look at a dataset folder (file names only): layout, number of cases, labelled cases."""
-        from cldl.data.datasets import discover_cases
-        from cldl.tasks import get_task
+    def checkDataset(
+        self,
+        dataDir: str | Path,
+        task: str,
+        onDone: Callable[[dict[str, Any] | None, str | None], None],
+        quick: bool = True,
+        onLog: Callable[[str], None] | None = None,
+    ) -> JsonLinesProcess:
+        """``cldl datasets check`` in a subprocess (the engine reads the folder; torch never loads here):
+        ``onDone(report, None)`` with the engine's report (``CheckReport.to_dict``) or ``onDone(None, error)``
+        (not called once cancelled).
+        ``quick``: file names only (seconds); otherwise every file is read and each report line goes to ``onLog``.
+        Without a timer (``singleShot``) it blocks until the check has ended."""
+        process = JsonLinesProcess(datasetCheckCommand(dataDir, task, quick, self.python), env=engineEnvironment())
+        process.start()
 
-        cases = discover_cases(dataDir, get_task(task))
-        labelled = sum(1 for c in cases if c.label is not None)
-        return f"{len(cases)} cases found ({labelled} with a label map); first: {cases[0].case_id}"
+        def poll() -> bool:
+            for event in process.poll():
+                if event.get("event") == "log" and onLog is not None and event.get("stream") != "stderr":
+                    onLog(str(event.get("message")))
+            if process.running:
+                return True
+            report = process.result()
+            if process.cancelled:  # a newer check replaced this one: nothing to report
+                return False
+            if report is not None:
+                onDone({k: v for k, v in report.items() if k != "event"}, None)
+            else:
+                onDone(None, process.errorMessage())
+            return False
 
-    def datasetCheckCommand(self, dataDir: str | Path, task: str) -> list[str] | None:
-        """``cldl datasets check DIR [--task T]`` when the engine has that command (it reads every file)."""
-        import argparse
+        if self.singleShot is None:
+            process.wait()
+            poll()
+        else:
+            schedulePolling(poll, self.singleShot, ms=200)
+        return process
 
-        from cldl.cli import build_parser
 
-        def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-            for action in parser._actions:
-                if isinstance(action, argparse._SubParsersAction):
-                    return dict(action.choices)
-            return {}
+def datasetCheckCommand(dataDir: str | Path, task: str, quick: bool = False, python: str | None = None) -> list[str]:
+    """``cldl datasets check DIR --task T --progress jsonl [--quick]``: the report as log lines and a result event."""
+    arguments = ["datasets", "check", str(dataDir), "--task", str(task), "--progress", "jsonl"]
+    return engineCommand(arguments + (["--quick"] if quick else []), python)
 
-        check = subcommands(subcommands(build_parser()).get("datasets") or argparse.ArgumentParser()).get("check")
-        if check is None:
-            return None
-        command = [self.python or pythonExecutable(), "-m", "cldl", "datasets", "check", str(dataDir)]
-        if any("--task" in action.option_strings for action in check._actions):
-            command += ["--task", task]
-        return command
+
+def describeDatasetReport(report: dict[str, Any]) -> str:
+    """One line for the panel from the engine's dataset report: cases, labelled cases, layout, problems."""
+    text = (
+        f"{report.get('cases', 0)} cases found ({report.get('labelled', 0)} with a label map); "
+        f"layout: {report.get('layout')}, task {report.get('task')}"
+    )
+    problems = report.get("problems") or []
+    if problems:
+        text += f"; {len(problems)} problem(s), first: {problems[0]}"
+    return text

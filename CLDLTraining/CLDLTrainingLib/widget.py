@@ -14,7 +14,6 @@ import slicer
 import vtk
 from CLDLSegmentationLib import DeviceChoice
 from CLDLSegmentationLib.dependencies import ensureDependencies
-from CLDLSegmentationLib.process import JsonLinesProcess, engineEnvironment
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic, ScriptedLoadableModuleWidget
@@ -22,7 +21,7 @@ from slicer.util import VTKObservationMixin
 
 from cldl import defaults
 
-from .logic import TrainingLogic, isSet, resolveTask, runExists, trainingOverrides
+from .logic import TrainingLogic, describeDatasetReport, isSet, resolveTask, runExists, trainingOverrides
 
 TASKS = [*defaults.TASKS, defaults.CUSTOM_TASK]  # custom: dataset.json in the dataset folder
 PATH_FIELDS = {"dataDir": "dataDirPathLineEdit", "configFile": "configPathLineEdit", "outDir": "outDirPathLineEdit"}
@@ -108,6 +107,8 @@ class CLDLTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Closing Slicer (or reloading the module) stops a running training after a checkpoint (resume it later)."""
         if self._running():
             self._handle.stop()
+        if self._checkProcess is not None:
+            self._checkProcess.cancel()
         self.removeObservers()
 
     def _setPath(self, field: str, path: str) -> None:
@@ -168,10 +169,7 @@ class CLDLTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
         if isSet(p.dataDir) and (p.dataDir, p.task) != self._summarized:
             self._summarized = (p.dataDir, p.task)
-            try:
-                self.ui.datasetInfoLabel.text = self.logic.datasetSummary(p.dataDir, self._task())
-            except Exception as exc:  # a wrong folder or task: tell the user, do not raise in an observer
-                self.ui.datasetInfoLabel.text = str(exc)
+            self._checkDataset(quick=True)
 
     def _log(self, message: str) -> None:
         self.ui.logTextEdit.appendPlainText(message)
@@ -237,22 +235,23 @@ class CLDLTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.stopButton.text = _("Kill")
 
     def onCheckDataset(self) -> None:
+        """Read every file of the dataset folder in the engine; the report goes to the log."""
+        if isSet(self._parameterNode.dataDir):
+            self.ui.logCollapsibleButton.collapsed = False
+            self._checkDataset(quick=False)
+
+    def _checkDataset(self, quick: bool) -> None:
+        """``cldl datasets check`` in the background (file names only when ``quick``); the last check wins."""
+        if self._checkProcess is not None and self._checkProcess.running:
+            self._checkProcess.cancel()
         p = self._parameterNode
-        if not isSet(p.dataDir):
-            return
-        command = self.logic.datasetCheckCommand(p.dataDir, self._task())
-        if command is None:
-            self.ui.datasetInfoLabel.text = self.logic.datasetSummary(p.dataDir, self._task())
-            self._log(_("This cldl version has no 'datasets check' command; only file names were checked."))
-            return
-        self.ui.logCollapsibleButton.collapsed = False
-        self._checkProcess = JsonLinesProcess(command, env=engineEnvironment()).start()
+        self.ui.datasetInfoLabel.text = _("Finding the cases...") if quick else _("Reading every file...")
+        try:
+            self._checkProcess = self.logic.checkDataset(
+                p.dataDir, self._task(), self._onDatasetChecked, quick=quick, onLog=None if quick else self._log
+            )
+        except Exception as exc:  # no Python to run the engine: say so, do not raise in an observer
+            self._onDatasetChecked(None, str(exc))
 
-        def poll():
-            for event in self._checkProcess.poll():
-                if event.get("event") in ("log", "error"):
-                    self._log(str(event.get("message")))
-            if self._checkProcess.running:
-                qt.QTimer.singleShot(200, poll)
-
-        poll()
+    def _onDatasetChecked(self, report, error) -> None:
+        self.ui.datasetInfoLabel.text = describeDatasetReport(report) if report else str(error)
