@@ -175,6 +175,16 @@ class Timers:
         Timers.queue.append((ms, callback))
 
 
+class FileDialog:
+    """``qt.QFileDialog``: ``getOpenFileName`` answers ``FileDialog.answer`` (what the user picked; "" = Cancel)."""
+
+    answer = ""
+
+    @staticmethod
+    def getOpenFileName(parent, caption: str, directory: str, fileFilter: str) -> str:
+        return FileDialog.answer
+
+
 def fakeQt(settings: dict[str, Any]) -> types.ModuleType:
     """A ``qt`` module: QTimer, QSettings (over ``settings``), QWidget, QTableWidgetItem."""
 
@@ -190,6 +200,7 @@ def fakeQt(settings: dict[str, Any]) -> types.ModuleType:
 
     qt = types.ModuleType("qt")
     qt.QTimer = types.SimpleNamespace(singleShot=Timers.singleShot)
+    qt.QFileDialog = FileDialog
     qt.QSettings = QSettings
     qt.QWidget = FakeWidget
     qt.QTableWidgetItem = FakeTableItem
@@ -257,13 +268,23 @@ class Choice:
         self.choices = list(choices)
 
 
+#: Parameter values per scripted-module node (its ``STORE_ATTRIBUTE``), shared by every wrapper of that node.
+PARAMETER_STORE: dict[str, dict] = {}
+STORE_ATTRIBUTE = "StandinParameters"
+
+
 def parameterNodeWrapper(cls):
     """Fields with the class's defaults (nodes: None) on a real scripted-module node; connectGui returns a tag."""
     defaults = {name: getattr(cls, name, None) for name in cls.__annotations__}
 
     def __init__(self, parameterNode) -> None:
+        key = parameterNode.GetAttribute(STORE_ATTRIBUTE)
+        if key is None:  # the values live with the node (as the real wrapper's do), not with one wrapper
+            key = str(len(PARAMETER_STORE))
+            parameterNode.SetAttribute(STORE_ATTRIBUTE, key)
+            PARAMETER_STORE[key] = dict(defaults)
         object.__setattr__(self, "parameterNode", parameterNode)
-        object.__setattr__(self, "values", dict(defaults))
+        object.__setattr__(self, "values", PARAMETER_STORE[key])
         object.__setattr__(self, "guis", [])
 
     def __getattr__(self, name):

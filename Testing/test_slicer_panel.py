@@ -16,10 +16,13 @@ from CLDLSegmentationLib.logic import SegmentationJob, SegmentationOptions
 from CLDLSegmentationLib.models import (
     ModelInfo,
     checkpointModels,
+    checkpointProblems,
     defaultModel,
     describeTorch,
     engineInfo,
+    modelChoices,
     modelList,
+    queriedCheckpoints,
     registryModels,
     rememberCheckpoint,
     storedPaths,
@@ -163,3 +166,25 @@ def test_defaults_have_one_home() -> None:
     assert segment.overlap == defaults.OVERLAP
     assert defaults.torch_supported("2.5.1+cu124") and not defaults.torch_supported("2.0.1")
     assert json.dumps(defaults.TORCH_REQUIREMENT) == '">=2.1"'
+
+
+def test_model_choices_always_hold_the_chosen_model(tmp_path: Path) -> None:
+    """Item 2/5: the combo box lists the chosen model even before (or without) a description, saying why."""
+    registry = registryModels()
+    checkpoint = tmp_path / "run" / "best.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"x")
+    keys = [m.key for m in modelChoices(registry, [], defaultModel())]
+    assert keys == [m.key for m in registry], "a registry model adds nothing"
+    reading = modelChoices(registry, [], str(checkpoint))[-1]
+    assert (reading.key, reading.title, reading.usable) == (str(checkpoint), "best.pt (reading...)", False)
+    assert reading.modalities == ()
+    broken = modelChoices(registry, [], str(checkpoint), {str(checkpoint): "damaged"})[-1]
+    assert (broken.title, broken.description) == ("best.pt (cannot be used)", "damaged")
+    missing = modelChoices(registry, [], str(tmp_path / "gone.pt"))[-1]
+    assert missing.title == "gone.pt (missing)" and "no such checkpoint file" in missing.description
+    assert queriedCheckpoints([str(checkpoint), "/nope.pt"], str(checkpoint), registry) == [str(checkpoint)]
+    assert queriedCheckpoints(None, defaultModel(), registry) == []
+    assert checkpointProblems({"checkpoints": [{"path": "/a.pt", "error": "bad"}, {"path": "/b.pt"}]}) == {
+        "/a.pt": "bad"
+    }

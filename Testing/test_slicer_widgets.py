@@ -162,7 +162,7 @@ def test_segmentation_map_choice_describes_and_marks_any_map(slicerApp, monkeypa
 def test_segmentation_setup_fails_on_a_missing_slicer_name(slicerApp, monkeypatch) -> None:
     """The smoke test can fail: a call to a name slicer.util lacks (the old ``toList``) raises in setup()."""
     module = importlib.import_module("CLDLSegmentationLib.widget")
-    monkeypatch.setattr(module, "storedPaths", lambda value: slicer.util.toList(value))
+    monkeypatch.setattr(module, "queriedCheckpoints", lambda value, chosen, registry: slicer.util.toList(value))
     with pytest.raises(AttributeError, match="toList"):
         module.CLDLSegmentationWidget().setup()
 
@@ -297,4 +297,85 @@ def test_training_dataset_folder_is_checked_by_the_engine_in_the_background(slic
     widget._updateGui()
     _runTimers(lambda: not widget._checkProcess.running)
     assert "no such file" in ui.datasetInfoLabel.text
+    widget.cleanup()
+
+
+class EngineInfo:
+    """``startEngineInfo`` whose answer the test gives later (as the subprocess would, some seconds on)."""
+
+    def __init__(self) -> None:
+        self.queries: list = []
+
+    def __call__(self, paths, onDone, singleShot):
+        self.queries.append((list(paths), onDone))
+        return types.SimpleNamespace(running=True)
+
+    def answer(self, checkpoints: list, torchInstalled: bool = False) -> None:
+        _, onDone = self.queries[-1]
+        onDone({"torch": {"installed": torchInstalled}, "checkpoints": checkpoints}, None)
+
+
+def _described(path: Path) -> dict:
+    from cldl.tasks import BRATS
+
+    return {"path": str(path), "task": BRATS.to_dict(), "patch_size": [32, 32, 32], "epoch": 3}
+
+
+def test_a_scene_saved_with_a_checkpoint_keeps_it_while_the_engine_reads_it(slicerApp, monkeypatch, tmp_path) -> None:
+    """Item 5: the parameter node's checkpoint (never loaded on this computer) is listed as "reading..." and kept;
+    nothing writes the default model over it before ``cldl info`` answers; then it is described and usable."""
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"x")
+    module = importlib.import_module("CLDLSegmentationLib.widget")
+    module.CLDLSegmentationLogic().getParameterNode().model = str(checkpoint)  # as a loaded scene holds it
+    engine = EngineInfo()
+    monkeypatch.setattr(module, "startEngineInfo", engine)
+    widget = module.CLDLSegmentationWidget()
+    widget.setup()
+    combo, p = widget.ui.modelComboBox, widget._parameterNode
+    assert engine.queries[-1][0] == [str(checkpoint)], "the scene's checkpoint is asked about"
+    assert p.model == str(checkpoint) and combo.items[combo.currentIndex] == ("best.pt (reading...)", p.model)
+    assert widget.ui.applyButton.enabled is False and "Reading the checkpoint" in widget.ui.modelInfoLabel.text
+
+    engine.answer([_described(checkpoint)])
+    assert p.model == str(checkpoint) and combo.items[combo.currentIndex][1] == str(checkpoint)
+    assert widget._currentModel().usable and "epoch 3" in widget.ui.modelInfoLabel.text
+    assert [label for label, _ in widget.ui.inputVolumesWidget.layout().rows] == ["flair:", "t1:", "t1ce:", "t2:"]
+    widget.cleanup()
+
+
+def test_load_checkpoint_says_what_happens_and_never_disagrees_with_the_parameter_node(
+    slicerApp, monkeypatch, tmp_path
+) -> None:
+    """Item 2: a loaded checkpoint is listed at once (reading...), then described by the engine (torch not needed)
+    or shown as unusable with the engine's reason; Apply is off until it can run; the choice is remembered."""
+    good, bad = tmp_path / "good.pt", tmp_path / "bad.pt"
+    good.write_bytes(b"x")
+    bad.write_bytes(b"x")
+    engine = EngineInfo()
+    module, widget = _segmentationWidget(monkeypatch, [])
+    monkeypatch.setattr(module, "startEngineInfo", engine)
+    monkeypatch.setattr(slicer.util, "mainWindow", lambda: None)
+    combo, p = widget.ui.modelComboBox, widget._parameterNode
+
+    standins.FileDialog.answer = ""
+    widget.onLoadModel()  # Cancel: nothing changes
+    assert engine.queries == [] and p.model == module.defaultModel()
+
+    standins.FileDialog.answer = str(bad)
+    widget.onLoadModel()
+    assert p.model == str(bad) and combo.items[combo.currentIndex] == ("bad.pt (reading...)", str(bad))
+    engine.answer([{"path": str(bad), "error": f"{bad}: not a CLDL checkpoint (not a torch.save archive)"}])
+    assert p.model == str(bad) and combo.items[combo.currentIndex] == ("bad.pt (cannot be used)", str(bad))
+    assert "not a torch.save archive" in widget.ui.modelInfoLabel.text and widget.ui.applyButton.enabled is False
+    assert any("Skipping checkpoint" in args[0] for name, args in widget.ui.logTextEdit.calls)
+
+    standins.FileDialog.answer = str(good)
+    widget.onLoadModel()
+    assert engine.queries[-1][0] == [str(bad), str(good)] and slicerApp[CHECKPOINTS_SETTING] == [str(bad), str(good)]
+    engine.answer([{"path": str(bad), "error": "still bad"}, _described(good)])
+    assert p.model == str(good) and combo.items[combo.currentIndex] == ("good.pt (tmp_path)".replace(
+        "tmp_path", tmp_path.name), str(good))  # fmt: skip
+    assert "PyTorch is not installed yet" in widget.ui.deviceInfoLabel.text
+    assert combo.findData(str(bad)) == -1, "an unreadable checkpoint that is not the chosen one is not offered"
     widget.cleanup()

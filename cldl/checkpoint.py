@@ -18,13 +18,21 @@ from typing import Any
 import torch
 
 from .atomic import atomic_path
+from .checkpoint_header import FORMAT, FORMAT_VERSION, MAX_PATCH, MIN_PATCH
 from .data.preprocess import PreprocessConfig
 from .model import ModelConfig, UNetLDL
 from .tasks import Task
 
-FORMAT = "cldl-checkpoint"
-FORMAT_VERSION = 1
-MIN_PATCH, MAX_PATCH = 16, 1024  # sliding-window sides a checkpoint may name
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MAX_PATCH",
+    "MIN_PATCH",
+    "Checkpoint",
+    "CheckpointError",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 
 class CheckpointError(ValueError):

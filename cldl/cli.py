@@ -879,6 +879,22 @@ def cmd_models(args: argparse.Namespace, reporter: Reporter) -> int:
     return 0
 
 
+def _describe_checkpoint(path: Path, torch_installed: bool) -> dict:
+    """Task, patch size and epoch of a checkpoint: fully loaded (weights_only) with torch, else from its header."""
+    if not torch_installed:
+        from .checkpoint_header import describe_checkpoint
+
+        return describe_checkpoint(path)
+    from .checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    return {
+        "task": checkpoint.task.to_dict(),
+        "patch_size": list(checkpoint.patch_size),
+        "epoch": checkpoint.provenance.get("epoch"),
+    }
+
+
 def cmd_info(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl info``: run in a subprocess by the Slicer modules, so that torch never loads inside Slicer."""
     import importlib.metadata
@@ -902,20 +918,13 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> int:
             device="cuda" if cuda else "cpu",
             deviceName=torch.cuda.get_device_name(0) if cuda else "CPU",
         )
-        from .checkpoint import load_checkpoint
-
-        for path in args.checkpoint:
-            entry: dict = {"path": str(path.resolve())}
-            try:
-                checkpoint = load_checkpoint(path)
-                entry.update(
-                    task=checkpoint.task.to_dict(),
-                    patch_size=list(checkpoint.patch_size),
-                    epoch=checkpoint.provenance.get("epoch"),
-                )
-            except (ValueError, OSError, RuntimeError) as exc:
-                entry["error"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            facts["checkpoints"].append(entry)
+    for path in args.checkpoint:
+        entry: dict = {"path": str(path.resolve())}
+        try:
+            entry.update(_describe_checkpoint(path, torch_installed=version is not None))
+        except (ValueError, OSError, RuntimeError) as exc:
+            entry["error"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        facts["checkpoints"].append(entry)
     if args.json:
         print(json.dumps(_clean_json(facts)))
     else:

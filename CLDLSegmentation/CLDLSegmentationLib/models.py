@@ -30,8 +30,13 @@ class ModelInfo:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        """Input names, one volume each, in the model's order."""
-        return tuple(self.task.modalities)
+        """Input names, one volume each, in the model's order (none for a model that cannot be used)."""
+        return tuple(self.task.modalities) if self.task is not None else ()
+
+    @property
+    def usable(self) -> bool:
+        """Whether the model can run: its task is known (a checkpoint being read or unreadable has none)."""
+        return self.task is not None
 
 
 def registryModels() -> list[ModelInfo]:
@@ -139,6 +144,46 @@ def modelList(registry: Sequence[ModelInfo], checkpoints: Sequence[ModelInfo]) -
             models.append(info)
             keys.add(info.key)
     return models
+
+
+def checkpointProblems(info: dict[str, Any]) -> dict[str, str]:
+    """``{path: reason}`` of the checkpoints ``cldl info`` could not read."""
+    return {str(e["path"]): str(e["error"]) for e in info.get("checkpoints") or [] if e.get("error")}
+
+
+def unavailableModel(key: str, problem: str | None = None) -> ModelInfo:
+    """The entry of a chosen model that is not (yet) in the list: a checkpoint being read, one that cannot be read
+    (``problem``), or a name that is neither a registered model nor a file. It cannot run (no task) and says why."""
+    path = Path(key)
+    name = path.name or key
+    if problem:
+        return ModelInfo(key, f"{name} (cannot be used)", None, problem, available=False)
+    if path.is_file():
+        return ModelInfo(key, f"{name} (reading...)", None, "Reading the checkpoint (cldl info)...", available=False)
+    reason = f"{key}: not a registered model and no such checkpoint file: load a checkpoint or choose another model"
+    return ModelInfo(key, f"{name} (missing)", None, reason, available=False)
+
+
+def modelChoices(
+    registry: Sequence[ModelInfo],
+    checkpoints: Sequence[ModelInfo],
+    chosen: str | None,
+    problems: dict[str, str] | None = None,
+) -> list[ModelInfo]:
+    """What the model combo box lists: :func:`modelList`, plus the chosen model (the parameter node's) when it is
+    not there, as an :func:`unavailableModel` entry, so that the combo box and the parameter node always agree."""
+    models = modelList(registry, checkpoints)
+    if chosen and chosen not in {m.key for m in models}:
+        models.append(unavailableModel(chosen, (problems or {}).get(chosen)))
+    return models
+
+
+def queriedCheckpoints(stored: Any, chosen: str | None, registry: Sequence[ModelInfo]) -> list[str]:
+    """The checkpoint files to ask ``cldl info`` about: the remembered ones and the chosen model (a scene saved
+    with a checkpoint that was never loaded here), each once, existing files only."""
+    names = {m.key for m in registry}
+    paths = storedPaths(stored) + ([chosen] if chosen and chosen not in names else [])
+    return [p for p in dict.fromkeys(paths) if Path(p).is_file()]
 
 
 def rememberCheckpoint(stored: Any, path: str | Path) -> list[str]:

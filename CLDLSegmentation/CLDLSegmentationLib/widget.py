@@ -27,13 +27,14 @@ from .dependencies import ensureDependencies, upgradeTorch
 from .logic import DeviceChoice, PrecisionChoice, SegmentationLogic, UncertaintyMapChoice
 from .models import (
     checkpointModels,
+    checkpointProblems,
     defaultModel,
     describeTorch,
-    modelList,
+    modelChoices,
+    queriedCheckpoints,
     registryModels,
     rememberCheckpoint,
     startEngineInfo,
-    storedPaths,
 )
 from .overlay import OVERLAY_ATTRIBUTE, OverlaySettings
 from .panel import INPUT_ROLE, describeMap, guessInput, markedRegionName, updateOverlay
@@ -104,7 +105,9 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._job = None
-        self._models = []
+        self._models = []  # the combo box's entries (ModelInfo)
+        self._checkpoints = []  # the checkpoints cldl info described (ModelInfo)
+        self._modelProblems = {}  # checkpoint path -> why it cannot be used
         self._inputSelectors = {}
         self._shownOverlay = None
         self._infoProcess = None
@@ -135,7 +138,7 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._fillConfidenceTable({})
 
         self.initializeParameterNode()
-        self._fillModels()
+        self._queryEngine()
 
     def cleanup(self) -> None:
         if self._job is not None:
@@ -180,45 +183,59 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- models and inputs -----------------------------------------------------------------------------------------
 
-    def _fillModels(self, checkpoints: list | None = None) -> None:
-        """Registry models at once; remembered checkpoints (and torch facts) once ``cldl info`` has described them."""
+    def _chosenModel(self) -> str:
+        return self._parameterNode.model if self._parameterNode else defaultModel()
+
+    def _fillModels(self) -> None:
+        """Registry models, the checkpoints ``cldl info`` described, and the chosen model even when it is neither
+        (being read, unreadable or missing: then it says why and cannot run), so that the combo box shows exactly
+        the parameter node's model."""
         registry = []
         try:
             registry = registryModels()
         except Exception as exc:  # the engine is missing or broken: say so, keep the GUI usable
             self._log(_("Cannot list the registered models: {error}").format(error=exc))
-        self._models = modelList(registry, checkpoints or [])
+        self._models = modelChoices(registry, self._checkpoints, self._chosenModel(), self._modelProblems)
         self.ui.modelComboBox.blockSignals(True)
         self.ui.modelComboBox.clear()
         for info in self._models:
             self.ui.modelComboBox.addItem(info.title, info.key)
         self.ui.modelComboBox.blockSignals(False)
-        self._selectModel(self._parameterNode.model if self._parameterNode else defaultModel())
-        if checkpoints is None:
-            self._queryEngine()
+        self._selectModel(self._chosenModel())
 
     def _queryEngine(self) -> None:
-        """Ask the engine (a subprocess: torch never loads in Slicer) about torch, the device and the checkpoints."""
-        paths = [p for p in storedPaths(slicer.util.settingsValue(CHECKPOINTS_SETTING, None)) if Path(p).is_file()]
+        """Ask the engine (a subprocess: torch never loads in Slicer) about torch, the device and the checkpoints:
+        the remembered ones and the chosen one (a scene may have been saved with a checkpoint)."""
+        stored = slicer.util.settingsValue(CHECKPOINTS_SETTING, None)
+        paths = queriedCheckpoints(stored, self._chosenModel(), registryModels())
         self.ui.deviceInfoLabel.text = _("Checking PyTorch and the device...")
+        for path in paths:
+            self._modelProblems.pop(path, None)
+        self._fillModels()
         try:
             self._infoProcess = startEngineInfo(paths, self._onEngineInfo, qt.QTimer.singleShot)
         except Exception as exc:  # no Python to run the engine: show it rather than fail
-            self._onEngineInfo(None, str(exc))
+            self._onEngineInfo(None, str(exc), paths)
 
-    def _onEngineInfo(self, info, error) -> None:
+    def _onEngineInfo(self, info, error, paths=()) -> None:
         if info is None:
             self.ui.deviceInfoLabel.text = _("Cannot query the engine: {error}").format(error=error)
-            return
-        self.ui.deviceInfoLabel.text = describeTorch(info["torch"])
-        models, errors = checkpointModels(info)
-        for message in errors:
-            self._log(_("Skipping checkpoint {message}").format(message=message))
-        if models:
-            self._fillModels(models)
+            for path in paths or [m.key for m in self._models if not m.usable]:
+                self._modelProblems[path] = _("Cannot read the checkpoint: {error}").format(error=error)
+        else:
+            self.ui.deviceInfoLabel.text = describeTorch(info["torch"])
+            self._checkpoints, errors = checkpointModels(info)
+            self._modelProblems.update(checkpointProblems(info))
+            for message in errors:
+                self._log(_("Skipping checkpoint {message}").format(message=message))
+        self._fillModels()
 
     def _selectModel(self, key: str) -> None:
+        """Show ``key`` (the parameter node's model) in the combo box; a key it lacks is added as unavailable."""
         index = self.ui.modelComboBox.findData(key)
+        if index < 0 and key and key not in {m.key for m in self._models}:
+            self._fillModels()  # adds the key (modelChoices), then selects it
+            return
         self.ui.modelComboBox.currentIndex = max(index, 0)
         self.onModelChanged(self.ui.modelComboBox.currentIndex)
 
@@ -233,6 +250,10 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if self._parameterNode and self._parameterNode.model != info.key:
             self._parameterNode.model = info.key
+        if not info.usable:
+            self.ui.modelInfoLabel.text = info.description
+            self._checkCanApply()
+            return
         names = ", ".join(segmentNames(info.task)[1:])
         self.ui.modelInfoLabel.text = f"{info.description}\n" + _("Segments: {names}").format(names=names)
         self._buildInputSelectors(info.modalities)
@@ -279,7 +300,7 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         stored = slicer.util.settingsValue(CHECKPOINTS_SETTING, None)
         qt.QSettings().setValue(CHECKPOINTS_SETTING, rememberCheckpoint(stored, path))
         self._parameterNode.model = str(Path(path).resolve())
-        self._queryEngine()
+        self._queryEngine()  # lists it as "reading..." at once, then as described (or why it cannot be used)
 
     def onUpgradeTorch(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Cannot install PyTorch."), waitCursor=True):
@@ -295,10 +316,12 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _checkCanApply(self) -> None:
         running = self._job is not None and self._job.status == "running"
         batch = self._queue is not None and self._queue.running
+        model = self._currentModel()
+        usable = model is not None and model.usable
         ready = bool(self._inputSelectors) and all(s.currentNode() for s in self._inputSelectors.values())
-        self.ui.applyButton.enabled = running or (not batch and ready and self._currentModel() is not None)
+        self.ui.applyButton.enabled = running or (not batch and ready and usable)
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
-        self.ui.segmentCasesButton.enabled = batch or (not running and self._currentModel() is not None)
+        self.ui.segmentCasesButton.enabled = batch or (not running and usable)
         self.ui.segmentCasesButton.text = _("Cancel") if batch else _("Segment all cases")
         self.ui.markUncertainButton.enabled = bool(
             self._parameterNode and self._parameterNode.overlayVolume and self._parameterNode.outputSegmentation
@@ -374,7 +397,7 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._queue is not None and self._queue.running:
             return
         info = self._currentModel()
-        self._cases = findLoadedCases(slicer.mrmlScene, info.modalities, info.key) if info else []
+        self._cases = findLoadedCases(slicer.mrmlScene, info.modalities, info.key) if info and info.usable else []
         self._queue = None
         self._fillCasesTable()
 
