@@ -379,3 +379,20 @@ def test_load_checkpoint_says_what_happens_and_never_disagrees_with_the_paramete
     assert "PyTorch is not installed yet" in widget.ui.deviceInfoLabel.text
     assert combo.findData(str(bad)) == -1, "an unreadable checkpoint that is not the chosen one is not offered"
     widget.cleanup()
+
+
+def test_closing_the_scene_cancels_a_single_run_and_the_case_queue(slicerApp, monkeypatch) -> None:
+    """Item 4: StartCloseEvent cancels the running Apply run as well as the queue (no import into removed nodes)."""
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", standins.noErrorDisplay)
+    scene = slicer.mrmlScene
+    for m in ("flair", "t1", "t1ce", "t2"):
+        add_volume(scene, slicer_testing.np.ones((4, 4, 4), "float32"), f"A_{m}")
+    module, widget = _segmentationWidget(monkeypatch, [])
+    monkeypatch.setattr(module, "ensureDependencies", lambda requester: None)
+    jobs: list = []
+    widget.logic.segment = lambda inputs, **options: jobs.append(FakeJob(inputs, options)) or jobs[-1]
+    widget.onApplyButton()
+    assert jobs[0].status == "running" and widget.ui.applyButton.text == "Cancel"
+    scene.InvokeEvent(scene.StartCloseEvent)  # what Close Scene does first
+    assert jobs[0].status == "cancelled" and widget.ui.applyButton.text == "Apply"
+    widget.cleanup()

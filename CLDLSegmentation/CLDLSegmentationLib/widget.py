@@ -155,9 +155,13 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
+        """The nodes are going away: cancel the running segmentation and case queue (they would import into
+        removed nodes)."""
         self.setParameterNode(None)
+        if self._job is not None and self._job.status == "running":
+            self._job.cancel()
         if self._queue is not None:
-            self._queue.cancel()  # the cases' volumes are going away
+            self._queue.cancel()
         self._cases = []
 
     def onSceneEndClose(self, caller, event) -> None:
