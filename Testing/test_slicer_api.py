@@ -594,3 +594,16 @@ def test_qt_signals_connected_to_exist_in_qt_5_15() -> None:
     assert checked >= 10
     assert "cellClicked(int,int)" in classes["QTableWidget"]["signals"]
     assert "clicked()" not in classes["QAbstractButton"]["signals"]  # the check can fail: only clicked(bool)
+
+
+def test_scene_events_observed_exist() -> None:
+    """``slicer.mrmlScene.<Name>Event`` (StartClose, EndClose, NodeAdded, ...) are vtkMRMLScene's events."""
+    used = {
+        c.split(".")[2]
+        for _, t in _trees()
+        for n in ast.walk(t)
+        if (c := _chain(n)) and c.startswith("slicer.mrmlScene.") and c.endswith("Event")
+    }
+    assert {"StartCloseEvent", "EndCloseEvent", "NodeAddedEvent"} <= used
+    assert not [name for name in used if not isinstance(getattr(slicer.vtkMRMLScene, name, None), int)]
+    assert not hasattr(slicer.vtkMRMLScene, "NodeLoadedEvent"), "the check can fail"

@@ -396,3 +396,29 @@ def test_closing_the_scene_cancels_a_single_run_and_the_case_queue(slicerApp, mo
     scene.InvokeEvent(scene.StartCloseEvent)  # what Close Scene does first
     assert jobs[0].status == "cancelled" and widget.ui.applyButton.text == "Apply"
     widget.cleanup()
+
+
+def test_inputs_are_guessed_again_when_volumes_are_loaded_but_never_over_a_user_choice(slicerApp, monkeypatch) -> None:
+    """Item 6: volumes loaded after the panel was built fill the empty inputs (the scene's NodeAddedEvent), except
+    an input the user set, even to None."""
+    module, widget = _segmentationWidget(monkeypatch, [])
+    scene, rows = slicer.mrmlScene, widget.ui.inputVolumesWidget.layout().rows
+    selectors = {label[:-1]: selector for label, selector in rows}
+    assert all(s.currentNode() is None for s in selectors.values())
+    ((signal, chooseT1),) = selectors["t1"].connections
+    chooseT1(None)  # the user picks "None" for T1 on purpose
+    standins.Timers.queue.clear()
+    volumes = {m: add_volume(scene, slicer_testing.np.ones((4, 4, 4), "float32"), f"B_{m}") for m in selectors}
+    assert len(standins.Timers.queue) == 1, "one guess for a burst of added nodes, after the loading"
+    standins.Timers.queue.pop()[1]()
+    chosen = {m: s.currentNode() for m, s in selectors.items()}
+    assert chosen == {"flair": volumes["flair"], "t1": None, "t1ce": volumes["t1ce"], "t2": volumes["t2"]}
+    references = widget._parameterNode.parameterNode
+    assert references.GetNodeReferenceID("CLDLInput_flair") == volumes["flair"].GetID()
+    assert references.GetNodeReferenceID("CLDLInput_t1") is None
+    other = add_volume(scene, slicer_testing.np.ones((4, 4, 4), "float32"), "C_flair")
+    standins.Timers.queue.pop()[1]()
+    assert selectors["flair"].currentNode() is volumes["flair"] and other is not None, "a filled input is kept"
+    widget.cleanup()
+    add_volume(scene, slicer_testing.np.ones((4, 4, 4), "float32"), "D_flair")
+    assert not standins.Timers.queue, "no observer after cleanup"

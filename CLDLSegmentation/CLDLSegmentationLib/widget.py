@@ -109,6 +109,8 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkpoints = []  # the checkpoints cldl info described (ModelInfo)
         self._modelProblems = {}  # checkpoint path -> why it cannot be used
         self._inputSelectors = {}
+        self._chosenInputs = set()  # modalities whose input the user picked (never guessed over)
+        self._guessPending = False
         self._shownOverlay = None
         self._infoProcess = None
         self._confidence = {}  # the last run's result event: the confidence table's rows
@@ -127,6 +129,7 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.loadModelButton.connect("clicked(bool)", self.onLoadModel)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -271,6 +274,7 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for selector in self._inputSelectors.values():
             layout.removeRow(selector)
         self._inputSelectors = {}
+        self._chosenInputs = set()
         volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
         for modality in modalities:
             selector = slicer.qMRMLNodeComboBox()
@@ -285,10 +289,35 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 else None
             )
             selector.setCurrentNode(reference or guessInput(modality, volumes))
-            selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node, m=modality: self._setInput(m, node))
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node, m=modality: self._onInputChosen(m, node))
             layout.addRow(f"{modality}:", selector)
             self._inputSelectors[modality] = selector
             self._setInput(modality, selector.currentNode())
+
+    def _onInputChosen(self, modality: str, node) -> None:
+        """A selector changed: by the user (then it is never guessed over), or by :meth:`_guessInputs`."""
+        if not self._guessPending:
+            self._chosenInputs.add(modality)
+        self._setInput(modality, node)
+
+    def onNodeAdded(self, caller, event) -> None:
+        """Volumes loaded after the selectors were built: guess the empty inputs once the loading is done."""
+        if self._inputSelectors and not self._guessPending:
+            self._guessPending = True
+            qt.QTimer.singleShot(0, self._guessInputs)
+
+    def _guessInputs(self) -> None:
+        """Fill each empty input the user has not chosen from the volume names (:func:`guessInput`)."""
+        volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+        try:
+            for modality, selector in self._inputSelectors.items():
+                if modality not in self._chosenInputs and selector.currentNode() is None:
+                    guess = guessInput(modality, volumes)
+                    if guess is not None:
+                        selector.setCurrentNode(guess)
+                        self._setInput(modality, guess)
+        finally:
+            self._guessPending = False
 
     def _setInput(self, modality: str, node) -> None:
         if self._parameterNode:
