@@ -183,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--compile", action="store_true", default=None, help="torch.compile the network (GPU)")
     tr.add_argument("--channels-last", action="store_true", default=None, help="channels-last 3D memory format (GPU)")
     tr.add_argument("--prefetch", type=int, help="batches prepared ahead in a background thread (0: none)")
+    tr.add_argument(
+        "--stop-file",
+        type=Path,
+        help="stop gracefully (finish the step, checkpoint, exit 0) once this file exists, like SIGTERM; for "
+        "callers that cannot send signals (3D Slicer on Windows)",
+    )
     _add_progress(tr)
 
     ev = commands.add_parser(
@@ -384,10 +390,11 @@ def _raise_stopped(number: int, _frame: object) -> None:
     raise Stopped(number)
 
 
-def _training_stop() -> StopSignals:
+def _training_stop(stop_file: Path | None = None) -> StopSignals:
     """``cldl train``'s stop signals (:class:`cldl.distributed.StopSignals`): graceful once training runs (finish
     the step, checkpoint, exit 0); before that (data still loading) a stop ends the command at once, as Ctrl+C. Under
-    torchrun always graceful, since the ranks must agree."""
+    torchrun always graceful, since the ranks must agree. ``stop_file``: a graceful stop once it exists (checked by
+    the trainer after every step)."""
     from .distributed import StopSignals, launched_by_torchrun
 
     class TrainingStop(StopSignals):
@@ -404,7 +411,7 @@ def _training_stop() -> StopSignals:
                 raise Stopped(number)
             super()._handle(number, frame)
 
-    return TrainingStop()
+    return TrainingStop(stop_file=stop_file)
 
 
 @contextmanager
@@ -637,7 +644,7 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
             overrides["phantoms"] = None
         config = TrainConfig.from_file(args.config, **overrides)
     reporter.log_file = args.out / "events.jsonl"  # events outlive a closed stdout (Slicer quit during training)
-    with _training_stop() as stop:  # SIGTERM / SIGUSR1: finish the step, checkpoint, exit 0 (see docs/scaling.md)
+    with _training_stop(args.stop_file) as stop:  # SIGTERM / SIGUSR1 / the stop file: see docs/scaling.md
         trainer = Trainer(config, args.out, reporter, stop_requested=stop)
         summary = trainer.run(resume=args.resume)
     if reporter.mode != "jsonl" and trainer.dist.is_main:

@@ -184,16 +184,21 @@ class StopSignals:
 
     Call the object to ask whether a stop was requested (the Trainer's ``stop_requested``). Under ``torchrun``
     every worker gets the agent's SIGTERM, or its SIGUSR1 with ``TORCHELASTIC_SIGNALS_TO_HANDLE`` naming it;
-    a signal to any one worker is enough, since the ranks agree on stopping after every step.
+    a signal to any one worker is enough, since the ranks agree on stopping after every step. ``stop_file``: a
+    file whose appearance asks for the same graceful stop (checked at every call), for callers that cannot
+    signal, such as 3D Slicer on Windows.
     """
 
-    def __init__(self, names: Iterable[str] = STOP_SIGNALS) -> None:
+    def __init__(self, names: Iterable[str] = STOP_SIGNALS, stop_file: str | os.PathLike | None = None) -> None:
         self.names = [n for n in names if hasattr(signal, n)]
+        self.stop_file = stop_file
         self.received: str | None = None
         self._previous: dict[int, Any] = {}
 
     def __call__(self) -> bool:
-        """Whether a stop was requested."""
+        """Whether a stop was requested (a signal, or the stop file exists)."""
+        if self.received is None and self.stop_file is not None and os.path.exists(self.stop_file):
+            self.received = "stop file"
         return self.received is not None
 
     def install(self) -> StopSignals:

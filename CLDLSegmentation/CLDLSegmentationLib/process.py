@@ -31,6 +31,19 @@ EventCallback = Callable[[dict[str, Any]], None]
 
 #: Event added after the last line of a process: ``{"event": "exit", "returncode": N, "cancelled": bool}``.
 EXIT_EVENT = "exit"
+#: Whether processes are Windows processes (a module constant, so that tests exercise the Windows branches).
+WINDOWS = os.name == "nt"
+#: Windows process creation flags (``subprocess`` defines them only on Windows).
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+
+
+def popenOptions(newGroup: bool = True) -> dict[str, Any]:
+    """``subprocess`` keywords for every process CLDL starts: no console window on Windows (``CREATE_NO_WINDOW``),
+    and with ``newGroup`` its own process group (Windows) or session (elsewhere), so that the tree can be ended."""
+    if WINDOWS:
+        return {"creationflags": CREATE_NO_WINDOW | (CREATE_NEW_PROCESS_GROUP if newGroup else 0)}
+    return {"start_new_session": True} if newGroup else {}
 
 
 class ProcessError(RuntimeError):
@@ -132,14 +145,15 @@ def _descendants(pid: int) -> list[int]:
 
 def killProcessTree(process: subprocess.Popen, timeout: float = 5.0) -> None:
     """Kill a process and all its descendants (grandchildren too), then reap it."""
-    if process.poll() is not None and os.name == "nt":
+    if process.poll() is not None and WINDOWS:
         return
-    if os.name == "nt":
+    if WINDOWS:
         subprocess.run(
             ["taskkill", "/F", "/T", "/PID", str(process.pid)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             check=False,
+            **popenOptions(newGroup=False),
         )
     else:
         children = _descendants(process.pid)  # before killing: orphans are re-parented and lost to the scan
@@ -174,8 +188,10 @@ class JsonLinesProcess:
         cwd: str | Path | None = None,
         onEvent: EventCallback | None = None,
         stderrLines: int = 200,
+        stopFile: str | Path | None = None,
     ) -> None:
         self.command = [str(c) for c in command]
+        self.stopFile = Path(stopFile) if stopFile is not None else None
         self.env = env
         self.cwd = str(cwd) if cwd is not None else None
         self.onEvent = onEvent
@@ -194,11 +210,7 @@ class JsonLinesProcess:
         """Start the process (in its own process group, so that the whole tree can be cancelled)."""
         if self.process is not None:
             raise RuntimeError("process already started")
-        kwargs: dict[str, Any] = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        else:
-            kwargs["start_new_session"] = True
+        kwargs = popenOptions(newGroup=True)
         try:
             self.process = subprocess.Popen(
                 self.command,
@@ -291,16 +303,22 @@ class JsonLinesProcess:
         return self.process.returncode
 
     def requestStop(self, signalName: str = "SIGTERM") -> None:
-        """Ask the engine to stop by itself: ``signalName`` to the whole process group (a hard stop on Windows).
+        """Ask the engine to stop by itself: ``signalName`` to the whole process group, or on Windows create the
+        stop file the engine polls (``stopFile``, e.g. ``cldl train --stop-file``; without one, a hard stop).
 
         The group, not the started process: inside Slicer that process is ``PythonSlicer``, a launcher that runs
         the real Python as a child and forwards no signal. The engine finishes its step, checkpoints and exits;
-        the launcher simply dies.
+        the launcher simply dies. Windows has no such signal for a windowless process group (CTRL_BREAK_EVENT
+        needs a console, which a process started from Slicer does not have), hence the file.
         """
         if self.process is None or self.process.poll() is not None:
             return
-        if os.name == "nt":
-            self.cancel()
+        if WINDOWS:
+            if self.stopFile is None:
+                self.cancel()
+            else:
+                self.stopFile.parent.mkdir(parents=True, exist_ok=True)
+                self.stopFile.write_text("stop requested by CLDL\n")
             return
         number = getattr(signal, signalName)
         try:
@@ -315,7 +333,7 @@ class JsonLinesProcess:
         if self.process is None:
             return
         self.cancelled = True
-        if self.process.poll() is None or os.name != "nt":
+        if self.process.poll() is None or not WINDOWS:
             killProcessTree(self.process)
 
     # -- results ---------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from .process import ProcessError, engineCommand, engineEnvironment
+from .process import ProcessError, engineCommand, engineEnvironment, popenOptions
 from .volumes import importVolume
 
 SAMPLE_NAME = "CLDL demo brain tumour"
@@ -55,7 +55,7 @@ def makeSample(
     if files is not None:
         return files
     command = sampleCommand(folder, seed, python)
-    done = run(command, capture_output=True, text=True, env=engineEnvironment())
+    done = run(command, capture_output=True, text=True, env=engineEnvironment(), **popenOptions(newGroup=False))
     lines = [line for line in (done.stderr or "").splitlines() if line.strip()]
     if done.returncode != 0:
         raise ProcessError(lines[-1] if lines else f"{' '.join(command)} failed with exit status {done.returncode}")

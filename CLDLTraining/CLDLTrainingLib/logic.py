@@ -47,6 +47,8 @@ def loadConfigFile(path: str | Path) -> dict[str, Any]:
     return data
 
 
+#: The file in a run folder whose appearance stops the run gracefully (``cldl train --stop-file``).
+STOP_FILE = ".cldl-stop"
 #: Override keys a resumed run accepts (the engine keeps the rest of the saved config).
 RESUME_OVERRIDES = ("epochs", "device")
 
@@ -132,8 +134,10 @@ def trainCommand(
     epochs: int | None = None,
     device: str | None = None,
     python: str | None = None,
+    stopFile: str | Path | None = None,
 ) -> list[str]:
-    """The argument list of a run: ``python -m cldl train ...`` or, for ``gpus > 1``, ``torchrun`` with N ranks."""
+    """The argument list of a run: ``python -m cldl train ...`` or, for ``gpus > 1``, ``torchrun`` with N ranks;
+    ``stopFile``: the engine stops gracefully once it exists (how Stop works on Windows)."""
     python = python or pythonExecutable()
     if gpus < 1:
         raise ValueError(f"gpus must be >= 1, got {gpus}")
@@ -151,6 +155,8 @@ def trainCommand(
         args += ["--epochs", str(int(epochs))]
     if resume and device is not None:
         args += ["--device", device]
+    if stopFile is not None:
+        args += ["--stop-file", str(stopFile)]
     return args + ["--progress", "jsonl"]
 
 
@@ -195,11 +201,12 @@ class TrainingHandle(EngineRun):
         return super().wait(timeout, interval)
 
     def stop(self, force: bool = False) -> None:
-        """End the run: a stop request to the engine's process group (it checkpoints the current step into
-        ``last.pt`` for resuming), or, with ``force`` (or a second call), kill the whole process tree.
+        """End the run: a stop request to the engine (it checkpoints the current step into ``last.pt`` for
+        resuming), or, with ``force`` (or a second call), kill the whole process tree.
 
-        SIGTERM for one process; SIGUSR1 under ``torchrun``, whose agent would forward a second SIGTERM (the
-        engine's "kill now") while SIGUSR1 reaches each worker once and simply ends the agent."""
+        SIGTERM to the process group for one process; SIGUSR1 under ``torchrun``, whose agent would forward a
+        second SIGTERM (the engine's "kill now") while SIGUSR1 reaches each worker once and simply ends the agent.
+        On Windows the run's stop file (``--stop-file``), which every rank polls after each step."""
         if self.status != "running":
             return
         if force or self.stopRequested:
@@ -328,7 +335,9 @@ class TrainingLogic:
                 raise ValueError(f"a resumed run keeps its config; only {RESUME_OVERRIDES} may change, not {extra}")
             epochs = overrides.get("epochs")
             totalEpochs = int(epochs or json.loads(saved.read_text()).get("epochs") or 0) or None
-            command = trainCommand(None, outDir, gpus, True, epochs, overrides.get("device"), self.python)
+            command = trainCommand(
+                None, outDir, gpus, True, epochs, overrides.get("device"), self.python, outDir / STOP_FILE
+            )
         else:
             if runExists(outDir):
                 raise ValueError(f"{outDir} already holds a run: resume it or choose another output folder")
@@ -339,14 +348,15 @@ class TrainingLogic:
             configPath = outDir / "requested_config.json"
             configPath.write_text(json.dumps(values, indent=2))
             totalEpochs = int(values["epochs"]) if "epochs" in values else None
-            command = trainCommand(configPath, outDir, gpus, False, python=self.python)
+            command = trainCommand(configPath, outDir, gpus, False, python=self.python, stopFile=outDir / STOP_FILE)
         curves = None
         scene = self.scene if self.charts else None
         if scene is not None:
             curves = TrainingCurves(scene, name or f"CLDL {outDir.name}")
             if resume:
                 curves.loadLog(outDir / "metrics.jsonl")
-        process = JsonLinesProcess(command, env=engineEnvironment(), cwd=outDir)
+        (outDir / STOP_FILE).unlink(missing_ok=True)  # a stop request of an earlier run of this folder
+        process = JsonLinesProcess(command, env=engineEnvironment(), cwd=outDir, stopFile=outDir / STOP_FILE)
         handle = TrainingHandle(process, outDir, totalEpochs, curves, onProgress, onLog, onMetrics, onFinished)
         handle._log("running " + " ".join(command[1:]))
         process.start()
