@@ -607,3 +607,24 @@ def test_scene_events_observed_exist() -> None:
     assert {"StartCloseEvent", "EndCloseEvent", "NodeAddedEvent"} <= used
     assert not [name for name in used if not isinstance(getattr(slicer.vtkMRMLScene, name, None), int)]
     assert not hasattr(slicer.vtkMRMLScene, "NodeLoadedEvent"), "the check can fail"
+
+
+def test_pip_calls_use_arguments_slicer_has() -> None:
+    """``pip_ensure`` keywords (``constraints``, ``requester``) exist at 5.12; 5.10's ``pip_install`` takes one
+    argument (a string or a list of pip arguments, hence ``[..., "-c", file]``)."""
+    calls = [
+        (ast.unparse(n.func), n)
+        for _, t in _trees()
+        for n in ast.walk(t)
+        if isinstance(n, ast.Call) and ast.unparse(n.func) in ("packaging.pip_ensure", "slicer.util.pip_install")
+    ]
+    assert {name for name, _ in calls} == {"packaging.pip_ensure", "slicer.util.pip_install"}
+    facts = MANIFEST["python"]
+    for name, call in calls:
+        if name == "packaging.pip_ensure":
+            arguments = facts["slicer.packaging"]["pip_ensure"]["arguments"][TAGS[-1]]
+            assert {k.arg for k in call.keywords} <= set(arguments) and "constraints" in arguments
+        else:
+            for tag in TAGS:
+                assert facts["slicer.util"]["pip_install"]["arguments"][tag][0] == "requirements"
+            assert len(call.args) == 1 and not call.keywords

@@ -18,6 +18,8 @@ from cldl.defaults import TORCH_REQUIREMENT, torch_supported
 
 #: Packages Slicer ships (or the PyTorch extension manages): never installed or upgraded by CLDL.
 SKIPPED_PACKAGES = ("torch", "numpy", "SimpleITK", "vtk")
+#: Slicer's own packages that no indirect dependency may replace: pinned to their installed versions for pip.
+PROTECTED_PACKAGES = ("numpy", "SimpleITK", "vtk")
 #: The engine's 'anatomy' extra (MNI152 atlas), needed only for the Sample Data case (``cldl sample``).
 SAMPLE_REQUIREMENTS = ("nilearn>=0.10",)
 
@@ -68,6 +70,30 @@ def missingRequirements(requirements: Sequence[str]) -> list[str]:
     """The requirements that are not satisfied, skipping packages Slicer manages itself."""
     skipped = {s.lower() for s in SKIPPED_PACKAGES}
     return [r for r in requirements if requirementName(r).lower() not in skipped and not _satisfied(r)]
+
+
+def protectedVersions() -> dict[str, str]:
+    """Installed versions of :data:`PROTECTED_PACKAGES` that pip knows (have distribution metadata)."""
+    versions = {}
+    for name in PROTECTED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def writeConstraints(versions: dict[str, str], folder: str | Path) -> Path:
+    """A pip constraints file (``name==version`` per line) pinning ``versions``; returns its path."""
+    path = Path(folder) / "cldl-constraints.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{name}=={version}\n" for name, version in sorted(versions.items())))
+    return path
+
+
+def changedVersions(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """``name before -> after`` for each protected package an install changed (or removed)."""
+    return [f"{n} {v} -> {after.get(n, 'removed')}" for n, v in sorted(before.items()) if after.get(n) != v]
 
 
 def torchInstalled() -> bool:
@@ -149,22 +175,32 @@ def ensurePackages(
 
 def ensureRequirements(
     requirements: Sequence[str], confirm: Callable[[str], bool] | None = None, requester: str = "CLDL"
-) -> None:  # pragma: no cover - needs the Slicer application
-    """Install missing requirement lines after asking (``pip_ensure`` on Slicer >= 5.12)."""
+) -> None:
+    """Install missing requirement lines after asking, with Slicer's numpy, SimpleITK and VTK pinned to their
+    installed versions (a pip constraints file: ``pip_ensure(constraints=...)`` on Slicer >= 5.12,
+    ``pip_install([..., "-c", file])`` before), then check that none of them changed."""
     import slicer
 
     missing = missingRequirements(requirements)
     if not missing:
         return
+    before = protectedVersions()
+    constraints = writeConstraints(before, slicer.util.tempDirectory("CLDLPip"))
     try:
         import slicer.packaging as packaging
 
-        packaging.pip_ensure(missing, requester=requester)
+        packaging.pip_ensure(missing, constraints=str(constraints), requester=requester)
     except (ImportError, AttributeError):
         confirm = confirm or (lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle=requester))
         if not confirm(f"{requester} needs these Python packages, which will now be installed: {', '.join(missing)}"):
             raise DependencyError(f"{requester} cannot run without {', '.join(missing)}") from None
-        slicer.util.pip_install(missing)
+        slicer.util.pip_install([*missing, "-c", str(constraints)])
+    changed = changedVersions(before, protectedVersions())
+    if changed:
+        raise DependencyError(
+            f"installing {', '.join(missing)} changed Slicer's own packages ({'; '.join(changed)}); restart Slicer, "
+            "and if it misbehaves reinstall it"
+        )
     still = missingRequirements(requirements)
     if still:
         raise DependencyError(f"installing {', '.join(still)} failed; see the Python console for pip's output")

@@ -1,0 +1,89 @@
+"""pip never replaces Slicer's own packages (issue 21 item 8): the missing requirements are installed with numpy,
+SimpleITK and VTK pinned by a constraints file (``pip_ensure(constraints=...)`` on 5.12, ``pip_install([...,
+"-c", file])`` on 5.10), and a change to any of them after the install is an error that says so."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import slicer
+import slicer_testing  # noqa: F401  (puts the module folders on sys.path)
+from CLDLSegmentationLib import dependencies
+from CLDLSegmentationLib.dependencies import (
+    DependencyError,
+    changedVersions,
+    ensureRequirements,
+    protectedVersions,
+    writeConstraints,
+)
+
+MANIFEST = json.loads(Path(__file__).with_name("slicer_api_manifest.json").read_text())
+MISSING = "cldl-test-package-that-does-not-exist>=1.0"
+
+
+def test_protected_versions_are_the_installed_ones(tmp_path: Path) -> None:
+    versions = protectedVersions()
+    assert versions["numpy"] == importlib.metadata.version("numpy")
+    assert set(versions) <= {"numpy", "SimpleITK", "vtk"}
+    path = writeConstraints({"numpy": "2.1.0", "SimpleITK": "2.4.0"}, tmp_path)
+    assert path.read_text() == "SimpleITK==2.4.0\nnumpy==2.1.0\n"
+    assert changedVersions({"numpy": "2.1.0", "vtk": "9.4"}, {"numpy": "2.2.0"}) == [
+        "numpy 2.1.0 -> 2.2.0",
+        "vtk 9.4 -> removed",
+    ]
+    assert changedVersions({"numpy": "2.1.0"}, {"numpy": "2.1.0"}) == []
+
+
+@pytest.fixture
+def pipCalls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list:
+    monkeypatch.setattr(slicer.util, "tempDirectory", lambda key: str(tmp_path / key))
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kw: True, raising=False)
+    return []
+
+
+def _pipEnsure(calls: list):
+    """``slicer.packaging.pip_ensure`` of 5.12, taking only the keywords it has (per the manifest)."""
+    arguments = MANIFEST["python"]["slicer.packaging"]["pip_ensure"]["arguments"]["v5.12.0"]
+
+    def pip_ensure(requirements, **kwargs):
+        assert set(kwargs) <= set(arguments), set(kwargs) - set(arguments)
+        calls.append(("pip_ensure", list(requirements), kwargs, Path(kwargs["constraints"]).read_text()))
+
+    return pip_ensure
+
+
+def test_slicer_5_12_installs_with_pip_ensure_and_constraints(pipCalls, monkeypatch) -> None:
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.pip_ensure = _pipEnsure(pipCalls)
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    monkeypatch.setattr(slicer, "packaging", packaging, raising=False)
+    with pytest.raises(DependencyError, match="failed"):  # the stand-in installs nothing
+        ensureRequirements([MISSING, "numpy"], requester="CLDL")
+    ((name, requirements, kwargs, constraints),) = pipCalls
+    assert requirements == [MISSING] and kwargs["requester"] == "CLDL"
+    assert f"numpy=={importlib.metadata.version('numpy')}\n" in constraints
+
+
+def test_slicer_5_10_installs_with_pip_install_and_constraints(pipCalls, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # 5.10 has no slicer.packaging
+    arguments = MANIFEST["python"]["slicer.util"]["pip_install"]["arguments"]["v5.10.0"]
+    assert arguments == ["requirements"], "5.10's pip_install takes one argument: a string or a list of pip args"
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: pipCalls.append(requirements))
+    with pytest.raises(DependencyError, match="failed"):
+        ensureRequirements([MISSING])
+    ((args),) = pipCalls
+    assert args[0] == MISSING and args[1] == "-c" and "numpy==" in Path(args[2]).read_text()
+
+
+def test_an_install_that_changes_slicer_packages_is_reported(pipCalls, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)
+    versions = iter([{"numpy": "2.1.0", "SimpleITK": "2.4.0"}, {"numpy": "2.3.0", "SimpleITK": "2.4.0"}])
+    monkeypatch.setattr(dependencies, "protectedVersions", lambda: next(versions))
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: None)
+    with pytest.raises(DependencyError, match=r"changed Slicer's own packages \(numpy 2.1.0 -> 2.3.0\)"):
+        ensureRequirements([MISSING])
