@@ -21,7 +21,7 @@ MANIFEST = json.loads((Path(__file__).with_name("slicer_api_manifest.json")).rea
 TAGS = MANIFEST["slicer_tags"]
 SOURCES = sorted(p for m in ("CLDLSegmentation", "CLDLTraining") for p in (ROOT / m).rglob("*.py"))
 UI_FILES = sorted(ROOT.glob("CLDL*/Resources/UI/*.ui"))
-#: Names only the newer Slicer has, each used behind a fallback (dependencies.ensurePackages catches ImportError).
+#: Names only the newer Slicer has, each used behind a fallback (dependencies.ensureRequirements catches ImportError).
 NEWER_ONLY = {("slicer.packaging", "pip_ensure")}
 #: Qt classes (not in the wheel or manifest) and their properties set in the .ui files.
 QT_PROPERTIES = {

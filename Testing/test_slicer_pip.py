@@ -87,3 +87,43 @@ def test_an_install_that_changes_slicer_packages_is_reported(pipCalls, monkeypat
     monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: None)
     with pytest.raises(DependencyError, match=r"changed Slicer's own packages \(numpy 2.1.0 -> 2.3.0\)"):
         ensureRequirements([MISSING])
+
+
+def test_the_install_question_says_what_is_downloaded_and_how_big() -> None:
+    """Item 9: one question before a multi-gigabyte install names every package and its rough size."""
+    text = dependencies.installQuestion(["torch>=2.4", "nibabel>=5.0"], "CLDL")
+    assert "PyTorch (torch>=2.4) through the PyTorch extension" in text
+    assert "roughly 2.5-3.5 GB" in text and "roughly 0.2 GB" in text and "- nibabel>=5.0: a few MB" in text
+    assert text.endswith("Continue?")
+
+
+def _pyTorchUtils(calls: list) -> types.ModuleType:
+    """The PyTorch extension's module, taking only the keywords ``installTorch`` has (per the manifest)."""
+    arguments = MANIFEST["pytorchutils"]["classes"]["PyTorchUtilsLogic"]["installTorch"]["arguments"]
+
+    class PyTorchUtilsLogic:
+        def installTorch(self, **kwargs):
+            assert set(kwargs) <= set(arguments)
+            calls.append(("installTorch", kwargs))
+            return object()
+
+    return types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic)
+
+
+def test_one_question_before_installing_then_no_other_prompt(pipCalls, monkeypatch) -> None:
+    monkeypatch.setattr(dependencies, "missingDependencies", lambda: ["torch>=2.4", MISSING])
+    monkeypatch.setattr(dependencies, "installedTorchVersion", lambda: None)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", _pyTorchUtils(pipCalls))
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.pip_ensure = _pipEnsure(pipCalls)
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    monkeypatch.setattr(dependencies, "loadRequirements", lambda path: [MISSING])
+    questions: list = []
+    with pytest.raises(dependencies.DependencyError, match="cannot run without"):
+        dependencies.ensureDependencies("CLDL", confirm=lambda text: questions.append(text) and False)
+    assert len(questions) == 1 and "roughly" in questions[0] and pipCalls == [], "declined: nothing installed"
+    with pytest.raises(dependencies.DependencyError, match="failed"):  # the stand-ins install nothing
+        dependencies.ensureDependencies("CLDL", confirm=lambda text: True)
+    (torch, kwargs), pip = pipCalls[0], pipCalls[1]
+    assert torch == "installTorch" and kwargs["askConfirmation"] is False, "asked once, by CLDL"
+    assert pip[0] == "pip_ensure" and pip[2]["prompt_install"] is False and pip[1] == [MISSING]

@@ -13,6 +13,7 @@ import pytest
 import slicer
 import slicer_standins as standins
 import slicer_testing  # noqa: F401  (puts the module folders on sys.path)
+from CLDLSegmentationLib.dependencies import DependencyError
 from slicer_testing import CONFIDENCE_SUMMARY as SUMMARY
 from slicer_testing import add_volume, new_scene
 
@@ -422,3 +423,46 @@ def test_inputs_are_guessed_again_when_volumes_are_loaded_but_never_over_a_user_
     widget.cleanup()
     add_volume(scene, slicer_testing.np.ones((4, 4, 4), "float32"), "D_flair")
     assert not standins.Timers.queue, "no observer after cleanup"
+
+
+def test_status_line_shows_the_torch_state_and_the_last_error(slicerApp, monkeypatch) -> None:
+    """Item 9: what is missing, and every failure, reach the status line under Apply, which no collapsed section
+    hides (the torch line is in the collapsed Options section; the log is collapsed too)."""
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", standins.noErrorDisplay)
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: None)
+    engine = EngineInfo()
+    module = importlib.import_module("CLDLSegmentationLib.widget")
+    monkeypatch.setattr(module, "startEngineInfo", engine)
+    widget = module.CLDLSegmentationWidget()
+    widget.setup()
+    ui = widget.ui
+    engine.answer([])
+    assert ui.statusLabel.text.startswith("PyTorch is not installed yet") and "GB" in ui.statusLabel.text
+    engine.queries[-1][1](None, "PythonSlicer not found")
+    assert ui.statusLabel.text == "Cannot query the engine: PythonSlicer not found"
+
+    def declined(requester):
+        raise DependencyError("CLDL cannot run without torch>=2.4")
+
+    monkeypatch.setattr(module, "ensureDependencies", declined)
+    with pytest.raises(DependencyError):
+        widget.onApplyButton()
+    assert ui.statusLabel.text == "Failed to start the segmentation. CLDL cannot run without torch>=2.4"
+    job = types.SimpleNamespace(status="failed", error=RuntimeError("out of memory"), process=types.SimpleNamespace(
+        stderr=""))  # fmt: skip
+    widget._onFinished(job)
+    assert ui.statusLabel.text == "Segmentation failed: out of memory"
+    widget.cleanup()
+
+    training = importlib.import_module("CLDLTrainingLib.widget")
+    panel = training.CLDLTrainingWidget()
+    panel.setup()
+    monkeypatch.setattr(training, "ensureDependencies", declined)
+    with pytest.raises(DependencyError):
+        panel.onStart()
+    assert panel.ui.statusLabel.text == "Failed to start training. CLDL cannot run without torch>=2.4"
+    failed = types.SimpleNamespace(status="failed", error=RuntimeError("no GPU"), process=types.SimpleNamespace(
+        stderr=""), bestCheckpoint=Path("/nonexistent/best.pt"))  # fmt: skip
+    panel._onFinished(failed)
+    assert panel.ui.statusLabel.text == "Training failed: no GPU"
+    panel.cleanup()

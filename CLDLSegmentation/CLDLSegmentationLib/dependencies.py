@@ -24,6 +24,15 @@ PROTECTED_PACKAGES = ("numpy", "SimpleITK", "vtk")
 SAMPLE_REQUIREMENTS = ("nilearn>=0.10",)
 
 
+#: What installing PyTorch downloads, roughly, by build (the PyTorch extension picks the CUDA build when it finds an
+#: NVIDIA driver). The CPU build installs to about 0.75 GB on disk (``du -sh site-packages/torch`` of torch 2.13).
+TORCH_DOWNLOAD = {
+    "cuda": "roughly 2.5-3.5 GB to download (about 5 GB on disk) for the GPU (CUDA) build, picked when an NVIDIA "
+    "driver is found",
+    "cpu": "roughly 0.2 GB to download (about 0.75 GB on disk) for the CPU-only build otherwise",
+}
+
+
 class DependencyError(RuntimeError):
     """A dependency that is missing and was not (or could not be) installed, with what to do about it."""
 
@@ -128,9 +137,23 @@ def _pyTorchUtilsLogic():  # pragma: no cover - needs the Slicer application and
     return PyTorchUtils.PyTorchUtilsLogic()
 
 
-def ensureTorch() -> None:  # pragma: no cover - needs the Slicer application and the PyTorch extension
-    """Install torch through the PyTorch extension after asking, or raise :class:`DependencyError`; a torch older
-    than the engine supports is refused with the way to upgrade it."""
+def installQuestion(missing: Sequence[str], requester: str = "CLDL") -> str:
+    """The one question asked before installing ``missing`` (from :func:`missingDependencies`): what will be
+    downloaded, roughly how big, and that it takes minutes."""
+    lines = [f"{requester} needs these Python packages, which will now be downloaded and installed into Slicer:"]
+    for requirement in missing:
+        if requirementName(requirement) == "torch":
+            lines.append(f"- PyTorch ({requirement}) through the PyTorch extension: {TORCH_DOWNLOAD['cuda']}, or "
+                         f"{TORCH_DOWNLOAD['cpu']};")  # fmt: skip
+        else:
+            lines.append(f"- {requirement}: a few MB;")
+    lines.append("This takes several minutes (Slicer may not respond meanwhile) and is done only once. Continue?")
+    return "\n".join(lines)
+
+
+def ensureTorch(askConfirmation: bool = True) -> None:  # pragma: no cover - needs the Slicer application
+    """Install torch through the PyTorch extension (asking first unless already asked), or raise
+    :class:`DependencyError`; a torch older than the engine supports is refused with the way to upgrade it."""
     version = installedTorchVersion()
     if version is not None:
         if not torch_supported(version):
@@ -139,7 +162,8 @@ def ensureTorch() -> None:  # pragma: no cover - needs the Slicer application an
                 "PyTorch' (or use the PyTorch Utils module), then restart Slicer."
             )
         return
-    torch = _pyTorchUtilsLogic().installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
+    logic = _pyTorchUtilsLogic()
+    torch = logic.installTorch(askConfirmation=askConfirmation, torchVersionRequirement=TORCH_REQUIREMENT)
     if torch is None:
         raise DependencyError(
             "PyTorch is required to run CLDL models. Install it from the 'PyTorch Utils' module (choose the CUDA "
@@ -166,15 +190,11 @@ def upgradeTorch() -> bool:  # pragma: no cover - needs the Slicer application a
     return True
 
 
-def ensurePackages(
-    requirementsPath: str | Path, confirm: Callable[[str], bool] | None = None, requester: str = "CLDL"
-) -> None:  # pragma: no cover - needs the Slicer application
-    """Install missing pure-Python requirements of a requirements file after asking."""
-    ensureRequirements(loadRequirements(requirementsPath), confirm, requester)
-
-
 def ensureRequirements(
-    requirements: Sequence[str], confirm: Callable[[str], bool] | None = None, requester: str = "CLDL"
+    requirements: Sequence[str],
+    confirm: Callable[[str], bool] | None = None,
+    requester: str = "CLDL",
+    prompt: bool = True,
 ) -> None:
     """Install missing requirement lines after asking, with Slicer's numpy, SimpleITK and VTK pinned to their
     installed versions (a pip constraints file: ``pip_ensure(constraints=...)`` on Slicer >= 5.12,
@@ -189,10 +209,10 @@ def ensureRequirements(
     try:
         import slicer.packaging as packaging
 
-        packaging.pip_ensure(missing, constraints=str(constraints), requester=requester)
+        packaging.pip_ensure(missing, constraints=str(constraints), prompt_install=prompt, requester=requester)
     except (ImportError, AttributeError):
         confirm = confirm or (lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle=requester))
-        if not confirm(f"{requester} needs these Python packages, which will now be installed: {', '.join(missing)}"):
+        if prompt and not confirm(installQuestion(missing, requester)):
             raise DependencyError(f"{requester} cannot run without {', '.join(missing)}") from None
         slicer.util.pip_install([*missing, "-c", str(constraints)])
     changed = changedVersions(before, protectedVersions())
@@ -206,10 +226,22 @@ def ensureRequirements(
         raise DependencyError(f"installing {', '.join(still)} failed; see the Python console for pip's output")
 
 
-def ensureDependencies(requester: str = "CLDL") -> None:  # pragma: no cover - needs the Slicer application
-    """Torch (PyTorch extension) first, then the rest (:func:`requirementsPath`)."""
-    ensureTorch()
-    ensurePackages(requirementsPath(), requester=requester)
+def ensureDependencies(requester: str = "CLDL", confirm: Callable[[str], bool] | None = None) -> None:
+    """After one question that says what will be downloaded and roughly how big (:func:`installQuestion`): torch
+    (PyTorch extension) first, then the rest (:func:`requirementsPath`). Nothing is asked when all is there."""
+    missing = missingDependencies()
+    if not missing:
+        return
+    if confirm is None:
+        import slicer
+
+        def confirm(text: str) -> bool:
+            return slicer.util.confirmOkCancelDisplay(text, windowTitle=requester)
+
+    if not confirm(installQuestion(missing, requester)):
+        raise DependencyError(f"{requester} cannot run without {', '.join(missing)}")
+    ensureTorch(askConfirmation=False)
+    ensureRequirements(loadRequirements(requirementsPath()), requester=requester, prompt=False)
 
 
 def ensureSampleDependencies(requester: str = "CLDL") -> None:  # pragma: no cover - needs the Slicer application

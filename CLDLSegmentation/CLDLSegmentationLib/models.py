@@ -215,7 +215,10 @@ def describeModel(key: str, python: str | None = None) -> ModelInfo:
 def describeTorch(info: dict[str, Any]) -> str:
     """One line for the GUI: ``torch 2.13.0 (CUDA 12.8): NVIDIA ...`` or guidance when torch is missing or old."""
     if not info.get("installed"):
-        return "PyTorch is not installed yet: it will be installed (after asking) on the first Apply."
+        return (
+            "PyTorch is not installed yet: the first Apply installs it after asking (roughly 0.2 GB for the CPU "
+            "build, 2.5-3.5 GB for a GPU build)."
+        )
     if info.get("supported") is False:
         return f"torch {info['version']} is too old (CLDL needs torch {TORCH_REQUIREMENT}): use Upgrade PyTorch."
     cuda = f" (CUDA {info['cudaVersion']})" if info.get("cudaVersion") else " (CPU build)"

@@ -6,6 +6,7 @@ plain functions of the Qt-free modules next to it, which are tested on a real MR
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
@@ -227,10 +228,13 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onEngineInfo(self, info, error, paths=()) -> None:
         if info is None:
             self.ui.deviceInfoLabel.text = _("Cannot query the engine: {error}").format(error=error)
+            self._showStatus(self.ui.deviceInfoLabel.text)
             for path in paths or [m.key for m in self._models if not m.usable]:
                 self._modelProblems[path] = _("Cannot read the checkpoint: {error}").format(error=error)
         else:
             self.ui.deviceInfoLabel.text = describeTorch(info["torch"])
+            if not info["torch"].get("installed") or info["torch"].get("supported") is False:
+                self._showStatus(self.ui.deviceInfoLabel.text)  # the Options section that holds it is collapsed
             self._checkpoints, errors = checkpointModels(info)
             self._modelProblems.update(checkpointProblems(info))
             for message in errors:
@@ -360,11 +364,26 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode and self._parameterNode.overlayVolume and self._parameterNode.outputSegmentation
         )
 
+    def _showStatus(self, text: str) -> None:
+        """The line under Apply (never in a collapsed section): progress, the torch state, the last error."""
+        if not (self._job is not None and self._job.status == "running"):
+            self.ui.statusLabel.text = text
+
+    @contextlib.contextmanager
+    def _statusOnError(self, what: str):
+        """Show an exception on the status line too (``tryWithErrorDisplay`` shows it in a pop-up)."""
+        try:
+            yield
+        except Exception as exc:
+            self.ui.statusLabel.text = f"{what} {exc}"
+            raise
+
     def onApplyButton(self) -> None:
         if self._job is not None and self._job.status == "running":
             self._job.cancel()
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+        message = _("Failed to start the segmentation.")
+        with slicer.util.tryWithErrorDisplay(message, waitCursor=True), self._statusOnError(message):
             self._prepareRun()
             self._job = self.logic.segment(
                 {m: s.currentNode() for m, s in self._inputSelectors.items()},
@@ -410,6 +429,7 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job.status == "completed":
             self._showResult(job.result)
         elif job.status == "failed":
+            self.ui.statusLabel.text = _("Segmentation failed: {error}").format(error=job.error)
             self.ui.logCollapsibleButton.collapsed = False
             slicer.util.errorDisplay(
                 _("Segmentation failed: {error}").format(error=job.error), detailedText=job.process.stderr
@@ -443,7 +463,8 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._queue is not None and self._queue.running:
             self._queue.cancel()
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to start segmenting the cases."), waitCursor=True):
+        message = _("Failed to start segmenting the cases.")
+        with slicer.util.tryWithErrorDisplay(message, waitCursor=True), self._statusOnError(message):
             self.onFindCases()
             ready = [case for case in self._cases if case.ready]
             if not ready:

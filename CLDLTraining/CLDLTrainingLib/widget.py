@@ -186,6 +186,7 @@ class CLDLTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateGui()
         self.ui.stopButton.text = _("Stop")
         if handle.status == "failed":
+            self.ui.statusLabel.text = _("Training failed: {error}").format(error=handle.error)
             self.ui.logCollapsibleButton.collapsed = False
             slicer.util.errorDisplay(
                 _("Training failed: {error}").format(error=handle.error), detailedText=handle.process.stderr
@@ -203,24 +204,31 @@ class CLDLTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- actions ---------------------------------------------------------------------------------------------------
 
     def _startRun(self, resume: bool) -> None:
-        p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Failed to start training."), waitCursor=True):
-            ensureDependencies(requester="CLDL")
-            self.ui.logTextEdit.clear()
-            callbacks = dict(
-                onProgress=self._onProgress, onLog=self._log, onMetrics=self._onMetrics, onFinished=self._onFinished
-            )
-            overrides = trainingOverrides(p, resume)
-            if resume:
-                self._handle = self.logic.train(None, None, p.outDir, None, overrides, p.gpus, resume=True, **callbacks)
-            else:
-                config = p.configFile if isSet(p.configFile) else None
-                self._handle = self.logic.train(
-                    p.dataDir, self._task(), p.outDir, config, overrides, p.gpus, **callbacks
-                )
-            self._chartShown = False
-            self._showChart()
+        message = _("Failed to start training.")
+        with slicer.util.tryWithErrorDisplay(message, waitCursor=True):
+            try:
+                self._launch(resume)
+            except Exception as exc:  # shown in a pop-up by tryWithErrorDisplay, and kept on the status line
+                self.ui.statusLabel.text = f"{message} {exc}"
+                raise
         self._updateGui()
+
+    def _launch(self, resume: bool) -> None:
+        p = self._parameterNode
+        ensureDependencies(requester="CLDL")
+        self.ui.logTextEdit.clear()
+        self.ui.statusLabel.text = _("Starting the engine...")
+        callbacks = dict(
+            onProgress=self._onProgress, onLog=self._log, onMetrics=self._onMetrics, onFinished=self._onFinished
+        )
+        overrides = trainingOverrides(p, resume)
+        if resume:
+            self._handle = self.logic.train(None, None, p.outDir, None, overrides, p.gpus, resume=True, **callbacks)
+        else:
+            config = p.configFile if isSet(p.configFile) else None
+            self._handle = self.logic.train(p.dataDir, self._task(), p.outDir, config, overrides, p.gpus, **callbacks)
+        self._chartShown = False
+        self._showChart()
 
     def onStart(self) -> None:
         self._startRun(resume=False)
