@@ -515,7 +515,7 @@ def test_slicer_app_members_exist() -> None:
         for n in ast.walk(t)
         if isinstance(n, ast.Call) and _chain(n.func) == "slicer.app.connect"
     }
-    assert "startupCompleted()" in connected and "cachePath" in used
+    assert "startupCompleted()" in connected and used
     facts = [MANIFEST["widgets"][c] for c in _lineage("qSlicerApplication") if c in MANIFEST["widgets"]]
     assert all(set(TAGS) <= set(f["tags"]) for f in facts)
     known = {m for f in facts for m in f["properties"] + f["methods_and_signals"]} | {"connect", "processEvents"}

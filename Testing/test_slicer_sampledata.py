@@ -18,13 +18,10 @@ import slicer_standins as standins
 import slicer_testing  # noqa: F401  (puts the module folders on sys.path)
 import vtk
 from CLDLSegmentationLib import dependencies, sampledata
-from CLDLSegmentationLib.process import ProcessError
 from CLDLSegmentationLib.sampledata import (
-    SAMPLE_MODALITIES,
     SAMPLE_NAME,
     downloadSample,
     findSampleFiles,
-    makeSample,
     sampleFolder,
     sampleSourceArguments,
 )
@@ -37,20 +34,8 @@ MANIFEST = json.loads(Path(__file__).with_name("slicer_api_manifest.json").read_
 
 
 def _writeCase(folder: Path, seed: int = 7) -> dict[str, Path]:
-    """What ``cldl sample`` writes (BraTS layout), from a small phantom."""
+    """A case in the shipped layout, from a small phantom."""
     return write_case(brats_phantom(seed, shape=(24, 24, 24)), folder)
-
-
-def _engine(calls: list, returncode: int = 0, stderr: str = ""):
-    """A ``subprocess.run`` stand-in that writes the case where the command says, like the engine."""
-
-    def run(command, **kwargs):
-        calls.append(command)
-        if returncode == 0:
-            _writeCase(Path(command[command.index("--out") + 1]))
-        return subprocess.CompletedProcess(command, returncode, "", stderr)
-
-    return run
 
 
 def test_find_sample_files_needs_every_modality_and_the_labels(tmp_path: Path) -> None:
@@ -59,29 +44,14 @@ def test_find_sample_files_needs_every_modality_and_the_labels(tmp_path: Path) -
     assert findSampleFiles(tmp_path) == files
     files["t1ce"].unlink()
     assert findSampleFiles(tmp_path) is None
-
-
-def test_make_sample_runs_the_engine_once(tmp_path: Path) -> None:
-    calls: list = []
-    folder = sampleFolder(tmp_path)
-    files = makeSample(folder, run=_engine(calls))
-    assert set(files) == {*SAMPLE_MODALITIES, "seg"} and all(p.is_file() for p in files.values())
-    assert calls[0][1:4] == ["-m", "cldl", "sample"] and calls[0][calls[0].index("--out") + 1] == str(folder)
-    assert makeSample(folder, run=_engine(calls)) == files
-    assert len(calls) == 1, "a complete case is not made again"
-
-
-def test_make_sample_reports_the_engine_error(tmp_path: Path) -> None:
-    message = "cldl: error: cldl sample builds the case from the MNI152 atlas of the nilearn package"
-    with pytest.raises(ProcessError, match="nilearn"):
-        makeSample(tmp_path, run=_engine([], returncode=1, stderr=f"warning\n{message}\n"))
-    with pytest.raises(ProcessError, match="no complete case"):
-        makeSample(tmp_path, run=lambda command, **kw: subprocess.CompletedProcess(command, 0, "", ""))
+    with pytest.raises(FileNotFoundError, match="reinstall the CLDL extension"):
+        downloadSample(None, new_scene(), tmp_path)
 
 
 def test_download_sample_loads_four_volumes_and_the_reference(tmp_path: Path) -> None:
     scene = new_scene()
-    nodes = downloadSample(None, tmp_path, scene, run=_engine([]))
+    _writeCase(tmp_path)
+    nodes = downloadSample(None, scene, tmp_path)
     volumes, segmentation = nodes[:4], nodes[4]
     assert [v.GetName() for v in volumes] == ["FLAIR", "T1", "T1ce", "T2"]
     assert all(v.IsA("vtkMRMLScalarVolumeNode") and not v.IsA("vtkMRMLLabelMapVolumeNode") for v in volumes)
@@ -90,6 +60,32 @@ def test_download_sample_loads_four_volumes_and_the_reference(tmp_path: Path) ->
     assert segmentation.GetSegmentation().GetNumberOfSegments() == len(set(np.unique(labels)) - {0})
     assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0, "the temporary label map is removed"
     assert np.array_equal(slicer.util.arrayFromVolume(volumes[0]).shape, labels.shape)
+
+
+def test_the_shipped_case_loads_without_any_engine_run_or_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 3: the first click only reads the few-MB case shipped in Resources/SampleData: no subprocess (engine,
+    pip), no package installed, torch never imported for it."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the Sample Data case must not start a process or install anything")
+
+    monkeypatch.setattr(subprocess, "run", forbidden)
+    monkeypatch.setattr(subprocess, "Popen", forbidden)
+    for name in ("ensureDependencies", "ensureTorch", "ensureRequirements"):
+        monkeypatch.setattr(dependencies, name, forbidden)
+    files = findSampleFiles(sampleFolder())
+    assert files is not None, "Resources/SampleData holds the case"
+    sizes = {name: path.stat().st_size for name, path in files.items()}
+    assert sum(sizes.values()) < 5e6 and max(sizes.values()) < 1.5e6, sizes
+    scene = new_scene()
+    volumes = downloadSample(None, scene)[:4]
+    arrays = [slicer.util.arrayFromVolume(v) for v in volumes]
+    assert all(a.dtype == np.int16 and a.shape == arrays[0].shape for a in arrays)
+    spacing = volumes[0].GetSpacing()
+    assert spacing == pytest.approx((1.2, 1.2, 1.2)) and all(0 < n < 200 for n in arrays[0].shape), "cropped"
+    cmake = (Path(sampledata.__file__).parents[1] / "CMakeLists.txt").read_text()
+    for path in files.values():
+        assert path.relative_to(sampleFolder().parent.parent).as_posix() in cmake, f"{path.name} is not installed"
 
 
 def test_sample_source_arguments_fit_register_custom_sample_data_source_at_every_tag() -> None:
@@ -133,22 +129,12 @@ def test_startup_loads_the_terminology_and_registers_the_sample(slicerApp, monke
     (arguments,) = sampleData.registered
     assert arguments["sampleName"] == SAMPLE_NAME and Path(arguments["thumbnailFileName"]).is_file()
     loaded: list = []
-    monkeypatch.setattr(slicer.util, "showStatusMessage", lambda *a, **k: None)
     monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", standins.noErrorDisplay)
-    monkeypatch.setattr(dependencies, "ensureSampleDependencies", lambda requester: loaded.append(requester))
     monkeypatch.setattr(sampledata, "downloadSample", lambda *args: loaded.append(args) or [1])
     assert arguments["customDownloader"]("source") == [1]
-    assert loaded == ["CLDL", ("source", app.cachePath, slicer.mrmlScene)], "dependencies first, then the case"
+    assert loaded == [("source", slicer.mrmlScene)], "the shipped case, loaded into the scene"
 
 
 def test_download_sample_has_the_downloader_signature() -> None:
     """SampleData calls ``customDownloader(source)``: one positional argument besides what the module binds."""
     assert list(inspect.signature(sampledata.downloadSample).parameters)[0] == "source"
-
-
-def test_sample_requirements_are_the_engine_anatomy_extra() -> None:
-    import tomllib
-    from CLDLSegmentationLib.dependencies import SAMPLE_REQUIREMENTS
-
-    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
-    assert list(SAMPLE_REQUIREMENTS) == pyproject["project"]["optional-dependencies"]["anatomy"]

@@ -7,6 +7,7 @@ with ``--progress jsonl`` they are also sent as an ``{"event": "error"}`` line o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -307,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the case into")
     sample.add_argument("--seed", type=int, default=SAMPLE_SEED, help=f"case seed (default {SAMPLE_SEED})")
+    sample.add_argument(
+        "--compact",
+        action="store_true",
+        help="a realistic draw on 1.2 mm voxels, cropped to the head, MRI as int16 0..255: under 5 MB instead of 11 "
+        "(how the case shipped with the Slicer extension is made)",
+    )
     _add_progress(sample)
 
     models = commands.add_parser("models", help="the model registry")
@@ -862,13 +869,13 @@ def cmd_sample(args: argparse.Namespace, reporter: Reporter) -> int:
                 "cldl sample builds the case from the MNI152 atlas of the nilearn package, which is not installed: "
                 "pip install 'cldl[anatomy]' (or pip install nilearn)"
             )
-        from .data.anatomy import anatomy_case
-        from .data.phantoms import write_case
+        from .data.anatomy import COMPACT_GRID, REALISTIC, anatomy_case
+        from .data.phantoms import compact_case, write_case
 
-        case = anatomy_case(args.seed)
+        case = anatomy_case(args.seed, dataclasses.replace(REALISTIC, **COMPACT_GRID) if args.compact else None)
         if case.case_id != case_id:
             raise RuntimeError(f"anatomy_case({args.seed}) made {case.case_id}, expected {case_id}")
-        files = write_case(case, args.out)
+        files = write_case(compact_case(case) if args.compact else case, args.out)
     reporter.emit("result", out=str(args.out), case=case_id, files={k: str(v) for k, v in files.items()})
     if reporter.mode != "jsonl":
         print(f"{case_id}: {base}")

@@ -20,8 +20,6 @@ from cldl.defaults import TORCH_REQUIREMENT, torch_supported
 SKIPPED_PACKAGES = ("torch", "numpy", "SimpleITK", "vtk")
 #: Slicer's own packages that no indirect dependency may replace: pinned to their installed versions for pip.
 PROTECTED_PACKAGES = ("numpy", "SimpleITK", "vtk")
-#: The engine's 'anatomy' extra (MNI152 atlas), needed only for the Sample Data case (``cldl sample``).
-SAMPLE_REQUIREMENTS = ("nilearn>=0.10",)
 
 
 #: What installing PyTorch downloads, roughly, by build (the PyTorch extension picks the CUDA build when it finds an
@@ -242,9 +240,3 @@ def ensureDependencies(requester: str = "CLDL", confirm: Callable[[str], bool] |
         raise DependencyError(f"{requester} cannot run without {', '.join(missing)}")
     ensureTorch(askConfirmation=False)
     ensureRequirements(loadRequirements(requirementsPath()), requester=requester, prompt=False)
-
-
-def ensureSampleDependencies(requester: str = "CLDL") -> None:  # pragma: no cover - needs the Slicer application
-    """What ``cldl sample`` needs: the engine's dependencies and its 'anatomy' extra (:data:`SAMPLE_REQUIREMENTS`)."""
-    ensureDependencies(requester)
-    ensureRequirements(list(SAMPLE_REQUIREMENTS), requester=requester)

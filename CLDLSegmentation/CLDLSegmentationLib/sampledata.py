@@ -1,31 +1,31 @@
-"""The "CLDL demo brain tumour" case of Slicer's Sample Data module: made once by the engine, then loaded.
+"""The "CLDL demo brain tumour" case of Slicer's Sample Data module: shipped with the extension, loaded in seconds.
 
-The engine (``cldl sample``, a subprocess: torch and nilearn never load in Slicer's process) writes one
-anatomy-based BraTS-like case into a cache folder; a later click only loads the files. The downloader Slicer calls
-(``customDownloader(source)``) is :func:`onSampleClicked`, registered at startup by :func:`registerSample`
-(both need the Slicer application; the rest is plain Python, tested on slicer-core).
+The case is ``Resources/SampleData/anatomy_00000/`` (four BraTS-like MRI sequences and the reference labels, under
+5 MB), written by the engine with ``cldl sample --out CLDLSegmentation/Resources/SampleData --compact``: one
+realistic anatomy-based synthetic case on 1.2 mm voxels, cropped to the head, int16. A click loads the files: no
+download, no package to install, no engine run. The downloader Slicer calls (``customDownloader(source)``) is
+:func:`onSampleClicked`, registered at startup by :func:`registerSample` (both need the Slicer application; the
+rest is plain Python, tested on slicer-core).
 """
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from .process import ProcessError, engineCommand, engineEnvironment, popenOptions
 from .volumes import importVolume
 
 SAMPLE_NAME = "CLDL demo brain tumour"
 SAMPLE_CATEGORY = "CLDL"
-SAMPLE_SEED = 0
 #: The BraTS modalities of the case, in the demo model's order, then the reference label map.
 SAMPLE_MODALITIES = ("flair", "t1", "t1ce", "t2")
 NODE_NAMES = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}
 
 
-def sampleFolder(cacheRoot: str | Path) -> Path:
-    """The folder the case is written into, under a cache root (e.g. ``slicer.app.cachePath``)."""
-    return Path(cacheRoot) / "CLDL" / "SampleData"
+def sampleFolder() -> Path:
+    """The folder of the shipped case (``Resources/SampleData`` next to this package, in the source tree and in
+    the installed ``qt-scripted-modules`` folder alike)."""
+    return Path(__file__).resolve().parent.parent / "Resources" / "SampleData"
 
 
 def findSampleFiles(folder: str | Path) -> dict[str, Path] | None:
@@ -37,32 +37,6 @@ def findSampleFiles(folder: str | Path) -> dict[str, Path] | None:
         if all(path.is_file() for path in files.values()):
             return files
     return None
-
-
-def sampleCommand(folder: str | Path, seed: int = SAMPLE_SEED, python: str | None = None) -> list[str]:
-    """The engine command that writes the case (``cldl sample --out DIR --seed N``)."""
-    return engineCommand(["sample", "--out", str(folder), "--seed", str(seed), "--progress", "none"], python)
-
-
-def makeSample(
-    folder: str | Path,
-    seed: int = SAMPLE_SEED,
-    run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
-    python: str | None = None,
-) -> dict[str, Path]:
-    """The case's files, running the engine first unless a complete case is already there."""
-    files = findSampleFiles(folder)
-    if files is not None:
-        return files
-    command = sampleCommand(folder, seed, python)
-    done = run(command, capture_output=True, text=True, env=engineEnvironment(), **popenOptions(newGroup=False))
-    lines = [line for line in (done.stderr or "").splitlines() if line.strip()]
-    if done.returncode != 0:
-        raise ProcessError(lines[-1] if lines else f"{' '.join(command)} failed with exit status {done.returncode}")
-    files = findSampleFiles(folder)
-    if files is None:
-        raise ProcessError(f"the engine wrote no complete case into {folder}")
-    return files
 
 
 def loadSampleNodes(files: dict[str, Path], scene, task=None) -> list:
@@ -82,16 +56,20 @@ def loadSampleNodes(files: dict[str, Path], scene, task=None) -> list:
     return [*volumes, segmentation]
 
 
-def downloadSample(source, cacheRoot: str | Path, scene, run: Callable = subprocess.run) -> list:
-    """Sample Data's ``customDownloader``: make the case if needed and load it (the source is not used)."""
-    return loadSampleNodes(makeSample(sampleFolder(cacheRoot), run=run), scene)
+def downloadSample(source, scene, folder: str | Path | None = None) -> list:
+    """Sample Data's ``customDownloader``: load the shipped case (the source is not used)."""
+    folder = Path(folder) if folder is not None else sampleFolder()
+    files = findSampleFiles(folder)
+    if files is None:
+        raise FileNotFoundError(f"the CLDL sample case is missing from {folder}: reinstall the CLDL extension")
+    return loadSampleNodes(files, scene)
 
 
 def sampleSourceArguments(thumbnail: str, downloader: Callable) -> dict:
     """Keyword arguments of ``SampleData.SampleDataLogic.registerCustomSampleDataSource`` for the case.
 
     ``SampleDataSource`` needs ``uris``, ``fileNames`` and ``nodeNames`` of equal length (``len(uris)`` fails on
-    None): empty lists, since ``downloader`` makes and loads the files itself; the button shows ``sampleName``.
+    None): empty lists, since ``downloader`` loads the files itself; the button shows ``sampleName``.
     """
     return {
         "category": SAMPLE_CATEGORY,
@@ -112,14 +90,10 @@ def registerSample(thumbnail: str) -> None:
 
 
 def onSampleClicked(source) -> list:
-    """Sample Data's downloader: the engine makes the case once (about a minute), then it is loaded."""
+    """Sample Data's downloader: load the shipped case (seconds; nothing is downloaded or installed)."""
     import slicer
     from slicer.i18n import tr as _
 
-    from .dependencies import ensureSampleDependencies
-
-    slicer.util.showStatusMessage(_("Preparing the CLDL demo case (the first time takes about a minute)..."))
-    with slicer.util.tryWithErrorDisplay(_("Cannot prepare the CLDL demo case."), waitCursor=True):
-        ensureSampleDependencies(requester="CLDL")
-        return downloadSample(source, slicer.app.cachePath, slicer.mrmlScene)
+    with slicer.util.tryWithErrorDisplay(_("Cannot load the CLDL demo case."), waitCursor=True):
+        return downloadSample(source, slicer.mrmlScene)
     return []
