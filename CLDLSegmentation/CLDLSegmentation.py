@@ -8,6 +8,7 @@ Data case is :mod:`CLDLSegmentationLib.sampledata`, and the self-tests are in ``
 from pathlib import Path
 
 import slicer
+from CLDLSegmentationLib.extension import CONTRIBUTORS, HOMEPAGE
 from CLDLSegmentationLib.sampledata import registerSample
 from CLDLSegmentationLib.terminology import loadTerminology
 from CLDLSegmentationLib.widget import (  # noqa: F401  (Slicer finds the logic and widget by name here)
@@ -20,8 +21,6 @@ from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
 
-HOMEPAGE = "https://github.com/SlicerCLDL/SlicerCLDL"
-
 
 class CLDLSegmentation(ScriptedLoadableModule):
     """Module description."""
@@ -31,7 +30,7 @@ class CLDLSegmentation(ScriptedLoadableModule):
         self.parent.title = _("CLDL Segmentation")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["CLDL for 3D Slicer contributors"]
+        self.parent.contributors = [CONTRIBUTORS]
         self.parent.helpText = _(
             "Segment 3D images with a Curriculum Label Distribution Learning (CLDL) model and show where the model "
             "is uncertain (normalised entropy or 1 - max probability of the predicted label distribution) as a "

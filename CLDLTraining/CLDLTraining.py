@@ -7,6 +7,7 @@ Thin Slicer module: the panel is :mod:`CLDLTrainingLib.widget`, the run is :clas
 
 from pathlib import Path
 
+from CLDLSegmentationLib.extension import CONTRIBUTORS, HOMEPAGE
 from CLDLSegmentationLib.widget import runSelfTests
 from CLDLTrainingLib.widget import (  # noqa: F401  (Slicer finds the logic and widget by name here)
     CLDLTrainingLogic,
@@ -17,8 +18,6 @@ from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
 
-HOMEPAGE = "https://github.com/SlicerCLDL/SlicerCLDL"
-
 
 class CLDLTraining(ScriptedLoadableModule):
     """Module description."""
@@ -28,7 +27,7 @@ class CLDLTraining(ScriptedLoadableModule):
         self.parent.title = _("CLDL Training")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["CLDLSegmentation"]  # ships the engine and the subprocess runner
-        self.parent.contributors = ["CLDL for 3D Slicer contributors"]
+        self.parent.contributors = [CONTRIBUTORS]
         self.parent.helpText = _(
             "Train a Curriculum Label Distribution Learning (CLDL) model on a folder of cases (BraTS, MM-WHS or "
             "nnU-Net layout) in a background process, watch the losses and the validation Dice per epoch, stop "

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import re
 import struct
@@ -216,7 +217,9 @@ def _module_metadata(module: str) -> dict[str, object]:
 def test_module_metadata_matches_the_extension(module: str) -> None:
     cmake = _cmake_strings(ROOT / "CMakeLists.txt")
     meta = _module_metadata(module)
-    assert ast.literal_eval(meta["contributors"]) == [cmake["EXTENSION_CONTRIBUTORS"]]
+    from CLDLSegmentationLib.extension import CONTRIBUTORS, HOMEPAGE
+
+    assert ast.unparse(meta["contributors"]) == "[CONTRIBUTORS]" and CONTRIBUTORS == cmake["EXTENSION_CONTRIBUTORS"]
     assert cmake["EXTENSION_CATEGORY"] in ast.unparse(meta["categories"])
     dependencies = set(ast.literal_eval(meta["dependencies"]))
     source = (ROOT / module / f"{module}.py").read_text() + "".join(
@@ -225,8 +228,8 @@ def test_module_metadata_matches_the_extension(module: str) -> None:
     for other in MODULES:
         if other != module and re.search(rf"^\s*(from|import) {other}(Lib)?\b", source, re.MULTILINE):
             assert other in dependencies, f"{module} imports {other}'s code but does not declare the dependency"
-    homepage = re.search(r'HOMEPAGE = "([^"]+)"', source).group(1)
-    assert cmake["EXTENSION_HOMEPAGE"].startswith(homepage)
+    assert re.search(r"^from CLDLSegmentationLib.extension import CONTRIBUTORS, HOMEPAGE$", source, re.MULTILINE)
+    assert cmake["EXTENSION_HOMEPAGE"].startswith(HOMEPAGE)
 
 
 def test_no_two_modules_install_the_same_resource() -> None:
@@ -256,3 +259,42 @@ def test_requirements_are_engine_dependencies_slicer_does_not_ship() -> None:
     assert not names & {s.lower() for s in SKIPPED_PACKAGES}
     tests = {requirementName(r).lower() for r in pyproject["project"]["optional-dependencies"]["test"]}
     assert {"slicer-core", "slicerio"} <= tests
+
+
+def _metadataScript():
+    spec = importlib.util.spec_from_file_location("extension_metadata", ROOT / "scripts" / "extension_metadata.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_every_file_agrees_with_the_extension_metadata() -> None:
+    """``scripts/extension_metadata.py --check``: CMakeLists, CLDL.json, CLDL.s4ext and extension.py hold the
+    URLs and contributors derived from one repository, branch and contributor line."""
+    assert _metadataScript().main(["--check"]) == 0
+
+
+def test_one_repository_value_moves_every_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Publishing under another name: one ``--repository`` (and ``--branch``, ``--contributors``) rewrites every
+    URL; nothing of the placeholder repository is left, and the packaging checks above still hold."""
+    script = _metadataScript()
+    for name in ("CMAKE", "CATALOG", "S4EXT", "PYTHON"):
+        path = getattr(script, name)
+        copy = tmp_path / path.relative_to(ROOT)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(path.read_text())
+        monkeypatch.setattr(script, name, copy)
+    monkeypatch.setattr(script, "ROOT", tmp_path)
+    old = script.current()[0]
+    assert script.main(["--repository", "jroe/SlicerCLDL", "--branch", "v1.0", "--contributors", "Jane Roe (Lab)"]) == 0
+    assert script.main(["--check"]) == 0 and script.current() == ("jroe/SlicerCLDL", "v1.0", "Jane Roe (Lab)")
+    texts = {p.name: p.read_text() for p in tmp_path.rglob("*") if p.is_file()}
+    assert not [name for name, text in texts.items() if old in text], f"{old} left behind"
+    assert (
+        'set(EXTENSION_ICONURL "https://raw.githubusercontent.com/jroe/SlicerCLDL/v1.0/CLDL.png")'
+        in texts["CMakeLists.txt"]
+    )  # a literal string, as the ExtensionsIndex checker reads it
+    assert json.loads(texts["CLDL.json"])["scm_url"] == "https://github.com/jroe/SlicerCLDL"
+    assert "contributors Jane Roe (Lab)" in texts["CLDL.s4ext"]
+    with pytest.raises(SystemExit, match="OWNER/NAME"):
+        script.main(["--repository", "https://github.com/jroe/SlicerCLDL"])
