@@ -125,3 +125,24 @@ def test_dataset_check_runs_in_the_engine_not_in_slicer(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "2 cases found (2 with a label map); layout: brats, task brats"
+
+
+def test_module_files_and_widgets_import_without_torch() -> None:
+    """The Qt side too (module files, ``widget.py``; Qt, CTK and Slicer's Python packages from the stand-ins):
+    importing every module of the Slicer side never imports torch."""
+    done = _runBlocked(
+        {"torch"},
+        f"""
+        import importlib, sys
+        sys.path.insert(0, {str(ROOT / "Testing")!r})
+        import slicer_standins as standins
+        sys.modules["qt"], sys.modules["ctk"] = standins.fakeQt({{}}), standins.fakeCtk()
+        sys.modules.update(standins.slicerPackages())
+        for name in ("CLDLSegmentation", "CLDLTraining", "CLDLSegmentationLib.widget", "CLDLTrainingLib.widget"):
+            importlib.import_module(name)
+        assert "torch" not in sys.modules
+        print("imported")
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "imported"

@@ -342,6 +342,14 @@ def test_a_scene_saved_with_a_checkpoint_keeps_it_while_the_engine_reads_it(slic
     assert p.model == str(checkpoint) and combo.items[combo.currentIndex][1] == str(checkpoint)
     assert widget._currentModel().usable and "epoch 3" in widget.ui.modelInfoLabel.text
     assert [label for label, _ in widget.ui.inputVolumesWidget.layout().rows] == ["flair:", "t1:", "t1ce:", "t2:"]
+
+    other = tmp_path / "other.pt"  # another scene, loaded while the module is open, chose another checkpoint
+    other.write_bytes(b"x")
+    widget.setParameterNode(None)
+    module.CLDLSegmentationLogic().getParameterNode().model = str(other)
+    widget.initializeParameterNode()
+    assert engine.queries[-1][0] == [str(other)] and widget._parameterNode.model == str(other)
+    assert combo.items[combo.currentIndex] == ("other.pt (reading...)", str(other))
     widget.cleanup()
 
 

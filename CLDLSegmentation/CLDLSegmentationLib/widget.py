@@ -109,6 +109,7 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._models = []  # the combo box's entries (ModelInfo)
         self._checkpoints = []  # the checkpoints cldl info described (ModelInfo)
         self._modelProblems = {}  # checkpoint path -> why it cannot be used
+        self._asked = set()  # checkpoint paths cldl info was asked about
         self._inputSelectors = {}
         self._chosenInputs = set()  # modalities whose input the user picked (never guessed over)
         self._guessPending = False
@@ -219,6 +220,7 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceInfoLabel.text = _("Checking PyTorch and the device...")
         for path in paths:
             self._modelProblems.pop(path, None)
+        self._asked.update(paths)
         self._fillModels()
         try:
             self._infoProcess = startEngineInfo(paths, self._onEngineInfo, qt.QTimer.singleShot)
@@ -245,7 +247,10 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Show ``key`` (the parameter node's model) in the combo box; a key it lacks is added as unavailable."""
         index = self.ui.modelComboBox.findData(key)
         if index < 0 and key and key not in {m.key for m in self._models}:
-            self._fillModels()  # adds the key (modelChoices), then selects it
+            if Path(key).is_file() and key not in self._asked:
+                self._queryEngine()  # a scene saved with a checkpoint never described here: ask, list it meanwhile
+            else:
+                self._fillModels()  # adds the key (modelChoices), then selects it
             return
         self.ui.modelComboBox.currentIndex = max(index, 0)
         self.onModelChanged(self.ui.modelComboBox.currentIndex)
