@@ -188,3 +188,20 @@ def test_model_choices_always_hold_the_chosen_model(tmp_path: Path) -> None:
     assert checkpointProblems({"checkpoints": [{"path": "/a.pt", "error": "bad"}, {"path": "/b.pt"}]}) == {
         "/a.pt": "bad"
     }
+
+
+def test_a_cancelled_engine_question_reports_nothing() -> None:
+    """The panel cancels a ``cldl info`` that a newer one replaces: its callback must never run."""
+    import time
+
+    from CLDLSegmentationLib.models import startEngineInfo
+
+    timers, answers = [], []
+    process = startEngineInfo([], lambda info, error: answers.append((info, error)), lambda ms, f: timers.append(f),
+                              python=sys.executable)  # fmt: skip
+    process.cancel()
+    deadline = time.monotonic() + 30
+    while timers and time.monotonic() < deadline:
+        timers.pop(0)()
+        time.sleep(0.01)
+    assert not timers and answers == [] and process.cancelled

@@ -306,10 +306,11 @@ class EngineInfo:
 
     def __init__(self) -> None:
         self.queries: list = []
+        self.cancelled: list = []
 
     def __call__(self, paths, onDone, singleShot):
         self.queries.append((list(paths), onDone))
-        return types.SimpleNamespace(running=True)
+        return types.SimpleNamespace(running=True, cancel=lambda: self.cancelled.append(list(paths)))
 
     def answer(self, checkpoints: list, torchInstalled: bool = False) -> None:
         _, onDone = self.queries[-1]
@@ -381,6 +382,7 @@ def test_load_checkpoint_says_what_happens_and_never_disagrees_with_the_paramete
 
     standins.FileDialog.answer = str(good)
     widget.onLoadModel()
+    assert engine.cancelled == [[str(bad)]], "the earlier question is cancelled: only the newest answer counts"
     assert engine.queries[-1][0] == [str(bad), str(good)] and slicerApp[CHECKPOINTS_SETTING] == [str(bad), str(good)]
     engine.answer([{"path": str(bad), "error": "still bad"}, _described(good)])
     assert p.model == str(good) and combo.items[combo.currentIndex] == ("good.pt (tmp_path)".replace(

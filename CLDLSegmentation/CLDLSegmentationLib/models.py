@@ -98,13 +98,16 @@ def startEngineInfo(
     singleShot: Callable[[int, Callable[[], None]], None],
     python: str | None = None,
 ) -> JsonLinesProcess:
-    """``cldl info`` without blocking: ``onDone(info, None)`` or ``onDone(None, error)`` once it has finished."""
+    """``cldl info`` without blocking: ``onDone(info, None)`` or ``onDone(None, error)`` once it has finished
+    (nothing once cancelled)."""
     process = engineInfoProcess(checkpoints, python).start()
 
     def poll() -> bool:
         process.poll()
         if process.running:
             return True
+        if process.cancelled:
+            return False
         try:
             info = readEngineInfo(process)
         except ProcessError as exc:

@@ -146,6 +146,8 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._queryEngine()
 
     def cleanup(self) -> None:
+        if self._infoProcess is not None:
+            self._infoProcess.cancel()
         if self._job is not None:
             self._job.cancel()
         if self._queue is not None:
@@ -195,16 +197,18 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _chosenModel(self) -> str:
         return self._parameterNode.model if self._parameterNode else defaultModel()
 
+    def _registry(self) -> list:
+        try:
+            return registryModels()
+        except Exception as exc:  # the engine is missing or broken: say so, keep the GUI usable
+            self._log(_("Cannot list the registered models: {error}").format(error=exc))
+            return []
+
     def _fillModels(self) -> None:
         """Registry models, the checkpoints ``cldl info`` described, and the chosen model even when it is neither
         (being read, unreadable or missing: then it says why and cannot run), so that the combo box shows exactly
         the parameter node's model."""
-        registry = []
-        try:
-            registry = registryModels()
-        except Exception as exc:  # the engine is missing or broken: say so, keep the GUI usable
-            self._log(_("Cannot list the registered models: {error}").format(error=exc))
-        self._models = modelChoices(registry, self._checkpoints, self._chosenModel(), self._modelProblems)
+        self._models = modelChoices(self._registry(), self._checkpoints, self._chosenModel(), self._modelProblems)
         self.ui.modelComboBox.blockSignals(True)
         self.ui.modelComboBox.clear()
         for info in self._models:
@@ -215,8 +219,10 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _queryEngine(self) -> None:
         """Ask the engine (a subprocess: torch never loads in Slicer) about torch, the device and the checkpoints:
         the remembered ones and the chosen one (a scene may have been saved with a checkpoint)."""
+        if self._infoProcess is not None and self._infoProcess.running:
+            self._infoProcess.cancel()  # a newer question replaces it
         stored = slicer.util.settingsValue(CHECKPOINTS_SETTING, None)
-        paths = queriedCheckpoints(stored, self._chosenModel(), registryModels())
+        paths = queriedCheckpoints(stored, self._chosenModel(), self._registry())
         self.ui.deviceInfoLabel.text = _("Checking PyTorch and the device...")
         for path in paths:
             self._modelProblems.pop(path, None)
