@@ -341,10 +341,9 @@ def slicerPackages() -> dict[str, types.ModuleType]:
 
 
 class FakeApplication:
-    """``slicer.app``: records ``connect(signature, slot)``; ``cachePath`` as qSlicerCoreApplication has it."""
+    """``slicer.app``: records ``connect(signature, slot)``."""
 
-    def __init__(self, cachePath: str) -> None:
-        self.cachePath = cachePath
+    def __init__(self) -> None:
         self.connections: list = []
 
     def connect(self, signal: str, slot) -> None:

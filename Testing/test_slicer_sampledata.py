@@ -97,15 +97,15 @@ def test_sample_source_arguments_fit_register_custom_sample_data_source_at_every
 
 
 @pytest.fixture
-def slicerApp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """slicer.app (connect, cachePath), slicer.modules.terminologies and SampleData stand-ins."""
+def slicerApp(monkeypatch: pytest.MonkeyPatch):
+    """slicer.app (connect), slicer.modules.terminologies and SampleData stand-ins."""
     monkeypatch.setitem(sys.modules, "qt", standins.fakeQt({}))
     monkeypatch.setitem(sys.modules, "ctk", standins.fakeCtk())
     for name, module in standins.slicerPackages().items():
         monkeypatch.setitem(sys.modules, name, module)
     for name in ("CLDLSegmentation", "CLDLSegmentationLib.widget"):
         monkeypatch.delitem(sys.modules, name, raising=False)
-    app = standins.FakeApplication(str(tmp_path / "cache"))
+    app = standins.FakeApplication()
     monkeypatch.setattr(slicer, "app", app, raising=False)
     monkeypatch.setattr(slicer, "mrmlScene", new_scene(), raising=False)
     terminologies = slicer.vtkSlicerTerminologiesModuleLogic()
