@@ -1,4 +1,4 @@
-"""Defaults have one home (style.md item 1): the trainer's and the CLI's defaults are read from cldl.defaults."""
+"""Defaults have one home: the trainer's and the CLI's defaults are read from cldl.defaults."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def ppm_params(num_classes: int, channels: int) -> int:
 
 
 def expected_params(cin: int = 4, k: int = 4, w: int = 30, stages: int = 3, ppm: bool = True) -> int:
-    """Parameter count of UNetLDL derived by hand from cldl_method.md §2."""
+    """Parameter count of UNetLDL derived by hand from the layer widths of the authors' network."""
     widths = [w * 2**i for i in range(5)]
     total = conv_block_params(cin, widths[0]) + sum(conv_block_params(widths[i - 1], widths[i]) for i in range(1, 5))
     total += sum(conv_block_params(widths[4 - j] + widths[3 - j], widths[3 - j]) for j in range(4))

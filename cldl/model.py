@@ -1,7 +1,7 @@
 """UNetLDL: the CLDL network (3D U-Net with region label distribution heads and prior perceiving modules).
 
-Architecture (cldl_method.md §2): a "No New-Net" 3D U-Net with 4 poolings and base width 30. The first
-``ldl_stages`` decoder levels (coarsest first) carry a 1x1x1 label-distribution head; with ``use_ppm`` the
+Architecture (the paper and the authors' ``UNetLDL``): a "No New-Net" 3D U-Net with 4 poolings and base width 30.
+The first ``ldl_stages`` decoder levels (coarsest first) carry a 1x1x1 label-distribution head; with ``use_ppm`` the
 head's softmax and its entropy re-weight the decoder feature (PPM) before it is upsampled into the next level.
 With the defaults the network has exactly 21,737,806 parameters and computes what the authors' ``UNetLDL``
 computes.

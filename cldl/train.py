@@ -1,6 +1,6 @@
 """The CLDL trainer: config file + flags, seeded patch sampling, curriculum losses, exact resume, validation.
 
-The defaults take the authors' method and schedule (cldl_method.md §7; their whole pipeline is the preset
+The defaults take the authors' method and schedule (the paper's training details; their whole pipeline is the preset
 ``brats2018_paper``, docs/reproduce.md): Adam lr 1e-4, betas (0.97, 0.999), weight decay
 1e-5, StepLR x0.2 every 100 epochs, 250 x 250 iterations of 128^3 patches at batch size 1. Deliberate fixes of
 the original code: per-volume normalisation (never per patch), seeds everywhere, full-volume sliding-window
