@@ -234,3 +234,24 @@ def test_warm_start_begins_from_the_given_weights_and_records_them(tmp_path: Pat
     with pytest.raises(ValueError, match="warm start needs the same"):
         Trainer(_resume_config(model={"base_width": 8}, init_from=str(first / "last.pt")), tmp_path / "bad").run()
     assert not (tmp_path / "bad" / "last.pt").exists() and (warm / "config.json").is_file()
+
+
+def test_export_model_drops_the_training_state_and_keeps_the_weights(tmp_path: Path) -> None:
+    """scripts/export_model.py: the shipped file holds the run's weights and provenance, no optimiser state."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    Trainer(_resume_config(epochs=1), run, Reporter("none")).run()
+    target = tmp_path / "model.pt"
+    script = Path(__file__).parents[1] / "scripts" / "export_model.py"
+    command = [sys.executable, str(script), str(run / "last.pt"), str(target), "--note", "two sittings"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    source, exported = load_checkpoint(run / "last.pt"), load_checkpoint(target)
+    assert source.training_state is not None and exported.training_state is None
+    assert all(torch.equal(v, exported.state_dict[k]) for k, v in source.state_dict.items())
+    assert exported.provenance["note"] == "two sittings" and exported.provenance["epoch"] == 1
+    assert target.stat().st_size < (run / "last.pt").stat().st_size
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 1 and again.stderr.startswith("export_model: error:") and "exists" in again.stderr
