@@ -72,12 +72,23 @@ class FolderOutputs:
             return False
 
 
-def _read(case: CaseFiles, predictor: Predictor) -> tuple[np.ndarray, Geometry]:
-    """A case's images on the first modality's grid (its label map, if any, is not read)."""
+def _read(
+    case: CaseFiles, predictor: Predictor, prepare: tuple[str | None, str] | None = None
+) -> tuple[np.ndarray, Geometry, Geometry]:
+    """A case's images on the first modality's grid (its label map, if any, is not read) and the grid its outputs go
+    on (the same); with ``prepare`` (reference, skull stripping): the prepared images on their 1 mm grid, and the
+    reference sequence's original grid for the outputs."""
+    if prepare is not None:
+        from .prepare.pipeline import PrepareError, prepare_case
+
+        if case.channels is not None:
+            raise PrepareError(f"case {case.case_id}: --prepare needs one file per sequence, not one 4D image")
+        prepared = prepare_case(case.images, predictor.task.modalities, predictor.task, *prepare)
+        return prepared.images, prepared.grid, prepared.reference_geometry
     images, geometry, _, _ = read_case(
         dataclasses.replace(case, label=None), predictor.task, predictor.checkpoint.preprocess.image_kind
     )
-    return images, geometry
+    return images, geometry, geometry
 
 
 def _write_case(
@@ -114,8 +125,11 @@ def segment_folder(
     uncertainty: str = "entropy",
     overwrite: bool = False,
     ldl_interpolation: str = "nearest",
+    prepare: tuple[str | None, str] | None = None,
 ) -> dict[str, Any]:
-    """Segment every case of a dataset folder; returns counts, per-case seconds and errors."""
+    """Segment every case of a dataset folder; returns counts, per-case seconds and errors. ``prepare`` (the
+    reference sequence or None, and the skull-strip choice) prepares each case first (:mod:`cldl.prepare`) and
+    writes its outputs on the reference sequence's original grid."""
     reporter = reporter or Reporter("none")
     if outputs.ldl_maps is not None and predictor.checkpoint.model_config.ldl_stages == 0:
         raise ValueError("--ldl-maps: this model has no LDL stages (a plain U-Net), so it has no region maps")
@@ -137,25 +151,29 @@ def segment_folder(
         reporter.emit("case_error", case=case_id, message=message)
         reporter.log(f"error: {message}")
     with ThreadPoolExecutor(max_workers=1) as reader:  # reads case i+1 while case i runs
-        pending: Future | None = reader.submit(_read, todo[0], predictor) if todo else None
+        pending: Future | None = reader.submit(_read, todo[0], predictor, prepare) if todo else None
         for index, case in enumerate(todo):
             started = time.perf_counter()
             current, pending = (
                 pending,
-                reader.submit(_read, todo[index + 1], predictor) if index + 1 < len(todo) else None,
+                reader.submit(_read, todo[index + 1], predictor, prepare) if index + 1 < len(todo) else None,
             )
             try:
-                images, geometry = current.result()
+                images, geometry, output_geometry = current.result()
                 if any(path.resolve() in inputs for path in outputs.files(case.case_id)):
                     raise ValueError(f"an output of case {case.case_id} would replace one of its inputs")
                 prediction = predictor.predict(
                     images,
-                    keep_probabilities=outputs.probabilities is not None,
+                    keep_probabilities=outputs.probabilities is not None or prepare is not None,
                     uncertainty=uncertainty,
                     geometry=geometry,
                     stage_maps=ldl_interpolation if outputs.ldl_maps is not None else None,
                 )
-                _write_case(predictor, prediction, geometry, outputs, case.case_id, expected)
+                if prepare is not None:
+                    from .prepare.pipeline import prediction_on_grid
+
+                    prediction = prediction_on_grid(prediction, geometry, output_geometry, predictor.task, uncertainty)
+                _write_case(predictor, prediction, output_geometry, outputs, case.case_id, expected)
             except CASE_ERRORS as exc:
                 _remove_if_empty(outputs.maps_folder(case.case_id))
                 text = str(exc).strip()

@@ -24,6 +24,7 @@ import numpy as np
 from . import __version__, defaults
 from .atomic import FileState
 from .events import PROGRESS_MODES, Reporter
+from .prepare.commands import add_prepare_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from .distributed import StopSignals
@@ -168,7 +169,39 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--task", help="refuse the model unless it segments this task (e.g. brats)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_image_limit(seg)
+    seg.add_argument(
+        "--prepare",
+        action="store_true",
+        help="inputs are raw scans: co-register, resample and skull-strip them first (as `cldl prepare`), then write "
+        "every output on the reference sequence's original grid",
+    )
+    seg.add_argument("--brain-mask", type=Path, metavar="FILE", help="with --prepare: also write the brain mask")
+    add_prepare_options(seg)
     _add_progress(seg)
+
+    prep = commands.add_parser(
+        "prepare",
+        help="co-register, resample and skull-strip raw scans of one case",
+        description="Prepare raw scans as they come from a scanner: register every sequence rigidly to the "
+        "reference (mutual information), resample all onto one 1 mm grid in the reference's frame, and "
+        "skull-strip brain MRI (deepbet's networks, offline). Writes OUT/<sequence>.nii.gz, brain_mask.nii.gz, "
+        "<sequence>_to_<reference>.tfm (ITK/Slicer), prepare.json (what was found) and qc.png (a picture to check "
+        "the alignment). See docs/prepare.md.",
+    )
+    prep.add_argument(
+        "-i",
+        "--images",
+        nargs="+",
+        required=True,
+        type=Path,
+        metavar="IMAGE",
+        help="one image per sequence, in the model's order (NIfTI, NRRD, MetaImage or a DICOM series folder)",
+    )
+    prep.add_argument("-o", "--out", required=True, type=Path, metavar="OUTDIR", help="output folder")
+    prep.add_argument("--model", default=None, help="model whose inputs these are (default: the default model)")
+    add_prepare_options(prep)
+    prep.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _add_progress(prep)
 
     tr = commands.add_parser("train", help="train a CLDL model", description="Train (or resume) a CLDL model.")
     tr.add_argument(
@@ -351,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {
         "demo": cmd_demo,
         "segment": cmd_segment,
+        "prepare": cmd_prepare,
         "train": cmd_train,
         "evaluate": cmd_evaluate,
         "models": cmd_models,
@@ -503,13 +537,16 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
     from .confidence import confidence_lines, segment_confidence
     from .infer import Predictor
     from .io import check_input_path, set_max_image_gb, write_labels, write_unit_interval
+    from .prepare.commands import brain_mask_on_reference, predict_prepared
     from .stage_maps import stage_map_files, write_stage_maps
     from .tasks import get_task
     from .zoo import DEFAULT_MODEL, resolve_model
 
     set_max_image_gb(args.max_image_gb)
     folder_mode = len(args.images) == 1 and _is_dataset_folder(args.images[0])
-    outputs = [p for p in (args.output, args.uncertainty, args.probabilities) if p is not None]
+    outputs = [p for p in (args.output, args.uncertainty, args.probabilities, args.brain_mask) if p is not None]
+    if args.brain_mask is not None and (not args.prepare or folder_mode):
+        raise ValueError("--brain-mask needs --prepare and one case (images, not a dataset folder)")
     expected: dict[Path, FileState] = {}
     if not folder_mode:
         for image in args.images:
@@ -533,13 +570,19 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
         return _segment_folder(args, predictor, reporter, started)
     if args.ldl_maps is not None and predictor.checkpoint.model_config.ldl_stages == 0:
         raise ValueError("--ldl-maps: this model has no LDL stages (a plain U-Net), so it has no region maps")
-    prediction, geometry = predictor.predict_files(
-        args.images,
+    predict_args = dict(
         keep_probabilities=args.probabilities is not None,
         uncertainty=args.uncertainty_map,
         progress=lambda done, total: reporter.progress("inference", done, total),
         stage_maps=args.ldl_interpolation if args.ldl_maps is not None else None,
     )
+    prepared = None
+    if args.prepare:
+        prediction, geometry, prepared = predict_prepared(
+            predictor, args.images, args.reference, args.skull_strip, reporter, **predict_args
+        )
+    else:
+        prediction, geometry = predictor.predict_files(args.images, **predict_args)
     if args.ldl_maps is not None:
         names = [f.name for stage in stage_map_files(prediction.stage_maps, predictor.task) for f in stage]
         maps = [args.ldl_maps / n for n in names]
@@ -553,6 +596,8 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
             write_unit_interval(prediction.probabilities, geometry, staged.path(args.probabilities))
         if args.ldl_maps is not None:
             ldl_maps = write_stage_maps(prediction.stage_maps, predictor.task, geometry, args.ldl_maps, staged)
+        if args.brain_mask is not None and prepared is not None and prepared.brain is not None:
+            write_labels(brain_mask_on_reference(prepared), geometry, staged.path(args.brain_mask))
     confidence = segment_confidence(prediction, predictor.task, geometry)
     result = {
         "labelmap": str(args.output),
@@ -566,6 +611,8 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
         "volumes_ml": {row["name"]: row["volume_ml"] for row in confidence["segments"]},
         "confidence": confidence,
     }
+    if prepared is not None:
+        result.update(prepare=prepared.report, brain_mask=str(args.brain_mask) if args.brain_mask else None)
     reporter.emit("result", **result)
     if reporter.mode != "jsonl":
         print(f"wrote {args.output} in {result['seconds']} s on {result['device']}")
@@ -599,6 +646,7 @@ def _segment_folder(args: argparse.Namespace, predictor: object, reporter: Repor
         uncertainty=args.uncertainty_map,
         overwrite=args.overwrite,
         ldl_interpolation=args.ldl_interpolation,
+        prepare=(args.reference, args.skull_strip) if args.prepare else None,
     )
     summary["seconds_total"] = round(time.perf_counter() - started, 2)
     if args.ldl_maps is not None:
@@ -614,6 +662,13 @@ def _segment_folder(args: argparse.Namespace, predictor: object, reporter: Repor
     for error in summary["errors"]:
         print(f"cldl: error: {error['message']}", file=sys.stderr)
     return 1 if summary["errors"] else 0
+
+
+def cmd_prepare(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``cldl prepare`` (:mod:`cldl.prepare.commands`)."""
+    from .prepare.commands import cmd_prepare as prepare
+
+    return prepare(args, reporter)
 
 
 def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
