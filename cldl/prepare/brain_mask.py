@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +56,12 @@ def deepbet_model_files() -> tuple[Path, Path]:
 def _models() -> tuple[torch.jit.ScriptModule, torch.jit.ScriptModule]:
     """The two TorchScript networks on the CPU, loaded once per process."""
     brain_file, box_file = deepbet_model_files()
-    return (
-        torch.jit.load(str(brain_file), map_location="cpu").eval(),
-        torch.jit.load(str(box_file), map_location="cpu").eval(),
-    )
+    with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated; it still loads these files safely
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return (
+            torch.jit.load(str(brain_file), map_location="cpu").eval(),
+            torch.jit.load(str(box_file), map_location="cpu").eval(),
+        )
 
 
 def deepbet_available() -> bool:
