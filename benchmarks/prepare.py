@@ -38,7 +38,9 @@ def _run(args: list[str], threads: int) -> float:
     """Seconds one `cldl` command takes in a child process with ``threads`` threads (it must succeed)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(threads)}
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cldl", *args], check=True, capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-m", "cldl", *args], capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(f"cldl {args[0]} failed: {done.stderr.strip()}")
     return time.perf_counter() - started
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import slicer
 
 from cldl.defaults import OVERLAP
+from cldl.prepare.commands import SKULL_STRIP_CHOICES, reference_modality
 
 from .cases import CaseQueue, CaseRun, LoadedCase
 from .models import ModelInfo, defaultModel, describeModel
@@ -81,6 +82,14 @@ class UncertaintyMapChoice(enum.Enum):
         return {"entropy": "Normalised entropy", "max_prob": "1 - max probability"}[self.value]
 
 
+BRAIN_MASK_SEGMENT = "Brain mask"  # the segment a prepared run adds (hidden) so the mask can be checked
+
+
+def preparationReference(modalities: Sequence[str]) -> int:
+    """The index of the input the engine registers the others to; prepared results come back on its grid."""
+    return list(modalities).index(reference_modality(modalities))
+
+
 @dataclass(frozen=True)
 class SegmentationOptions:
     """Engine options of one run (see ``cldl segment --help``)."""
@@ -92,8 +101,12 @@ class SegmentationOptions:
     uncertaintyMap: str = "entropy"
     keepProbabilities: bool = False
     ldlMaps: bool = False  # the LDL stages' region maps (ambiguity and class fractions per region size)
+    prepare: bool = False  # inputs are raw scans: co-register and skull-strip first (cldl segment --prepare)
+    skullStrip: str = "auto"  # with prepare: auto, yes or no
 
     def __post_init__(self) -> None:
+        if self.skullStrip not in SKULL_STRIP_CHOICES:
+            raise ValueError(f"skullStrip must be one of {SKULL_STRIP_CHOICES}, got {self.skullStrip!r}")
         if self.device not in {d.value for d in DeviceChoice}:
             raise ValueError(f"device must be one of {[d.value for d in DeviceChoice]}, got {self.device!r}")
         if self.precision not in {p.value for p in PrecisionChoice}:
@@ -107,6 +120,8 @@ class SegmentationOptions:
         """Command-line arguments for these options."""
         args = ["--device", self.device, "--precision", self.precision, "--overlap", f"{self.overlap:g}"]
         args += ["--uncertainty-map", self.uncertaintyMap]
+        if self.prepare:
+            args += ["--prepare", "--skull-strip", self.skullStrip]
         return args + (["--tta"] if self.tta else [])
 
 
@@ -137,6 +152,34 @@ def importLdlMap(entry: Mapping[str, Any], scene, base: str, reference):
     mapVolume.SetAttribute("CLDL.Kind", str(entry.get("kind", "")))
     mapVolume.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
     return mapVolume
+
+
+def addBrainMaskSegment(segmentationNode, maskNode) -> str:
+    """Add a prepared run's brain mask (a label map node, removed afterwards) to the segmentation as one segment,
+    hidden, so that it can be shown, checked and corrected; returns its segment id."""
+    scene = maskNode.GetScene()
+    segmentation = segmentationNode.GetSegmentation()
+    before = {segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())}
+    try:
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+            maskNode, segmentationNode, ""
+        ):
+            raise RuntimeError(f"could not import the brain mask into {segmentationNode.GetName()}")
+    finally:
+        scene.RemoveNode(maskNode)
+    added = [
+        segmentation.GetNthSegmentID(n)
+        for n in range(segmentation.GetNumberOfSegments())
+        if segmentation.GetNthSegmentID(n) not in before
+    ]
+    if len(added) != 1:
+        raise RuntimeError(f"the brain mask gave {len(added)} segments, expected 1")
+    segment = segmentation.GetSegment(added[0])
+    segment.SetName(BRAIN_MASK_SEGMENT)
+    segment.SetColor(0.9, 0.9, 0.6)
+    segment.SetTag("CLDL.Role", "brain mask")
+    segmentationNode.GetDisplayNode().SetSegmentVisibility(added[0], False)
+    return added[0]
 
 
 class SegmentationJob(EngineRun):
@@ -287,7 +330,7 @@ class SegmentationLogic:
             nodes = [inputs[m] for m in info.modalities]
         else:
             nodes = list(inputs)
-        checkInputs(nodes, info.modalities)
+        checkInputs(nodes, info.modalities, requireSameGrid=not options.prepare)
 
         workDir = Path(tempfile.mkdtemp(prefix="CLDL-", dir=self.tempRoot))
         try:
@@ -305,6 +348,9 @@ class SegmentationLogic:
                 arguments += ["--probabilities", outputs["probabilities"]]
             if options.ldlMaps:
                 arguments += ["--ldl-maps", workDir / "ldl"]
+            if options.prepare:
+                outputs["brainMask"] = workDir / "brain_mask.nii"
+                arguments += ["--brain-mask", outputs["brainMask"]]
             arguments += options.arguments() + ["--progress", "jsonl"]
             process = JsonLinesProcess(engineCommand(arguments, self.python), env=engineEnvironment(), cwd=workDir)
             job = SegmentationJob(
@@ -389,8 +435,8 @@ class SegmentationLogic:
         """Load the engine's files: label map -> segmentation, uncertainty and probabilities -> volumes (named
         after ``name``, default the first input's name)."""
         scene = self.scene
-        reference = inputs[0]
-        base = name or reference.GetName()
+        reference = inputs[preparationReference(model.modalities)] if options.prepare else inputs[0]
+        base = name or inputs[0].GetName()
         task = model.task
         labelmap = importVolume(outputs["labelmap"], scene, f"{base} CLDL labels", labelmap=True)
         try:
@@ -399,6 +445,9 @@ class SegmentationLogic:
             )
         finally:
             scene.RemoveNode(labelmap)
+        brainMask = outputs.get("brainMask")
+        if brainMask is not None and Path(brainMask).is_file():
+            addBrainMaskSegment(segmentationNode, importVolume(brainMask, scene, f"{base} brain mask", labelmap=True))
         mapTitle = {"entropy": "entropy", "max_prob": "1 - max p"}[options.uncertaintyMap]
         uncertainty = importVolume(outputs["uncertainty"], scene, f"{base} CLDL uncertainty ({options.uncertaintyMap})")
         uncertainty.SetAttribute(MAP_ATTRIBUTE, "uncertainty")

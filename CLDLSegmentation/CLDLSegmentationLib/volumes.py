@@ -64,8 +64,9 @@ def sameGrid(a, b, tolerance: float = 1e-4) -> bool:
     return bool(np.allclose(ijkToRas(a), ijkToRas(b), atol=tolerance))
 
 
-def checkInputs(volumeNodes: Sequence, modalities: Sequence[str]) -> None:
-    """Refuse missing, empty, differently gridded or non-linearly transformed inputs with a clear message."""
+def checkInputs(volumeNodes: Sequence, modalities: Sequence[str], requireSameGrid: bool = True) -> None:
+    """Refuse missing, empty, differently gridded (unless ``requireSameGrid`` is False: raw scans that the engine
+    prepares) or non-linearly transformed inputs with a clear message."""
     if len(volumeNodes) != len(modalities):
         raise ValueError(
             f"the model expects {len(modalities)} input volumes ({', '.join(modalities)}), got {len(volumeNodes)}"
@@ -82,7 +83,7 @@ def checkInputs(volumeNodes: Sequence, modalities: Sequence[str]) -> None:
             raise ValueError(f"input volume {node.GetName()} is under a non-linear transform: harden it first")
     first = volumeNodes[0]
     for node, modality in zip(volumeNodes[1:], modalities[1:]):
-        if not sameGrid(first, node):
+        if requireSameGrid and not sameGrid(first, node):
             raise ValueError(
                 f"input volume {node.GetName()} ({modality}) is not on the grid of {first.GetName()} "
                 f"({modalities[0]}): resample it first (e.g. with the Resample Scalar/Vector/DWI Volume module)"

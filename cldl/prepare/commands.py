@@ -13,6 +13,12 @@ from ..events import Reporter
 SKULL_STRIP_CHOICES = ("auto", "yes", "no")
 
 
+def reference_modality(modalities: Sequence[str]) -> str:
+    """The sequence the others are registered to: T1ce when the model takes it (as the BraTS pipeline), else the
+    first input (the single input of MM-WHS). Light on imports: Slicer's module uses it too."""
+    return "t1ce" if "t1ce" in modalities else modalities[0]
+
+
 def add_prepare_options(parser: argparse.ArgumentParser) -> None:
     """``--reference`` and ``--skull-strip`` (shared by ``cldl prepare`` and ``cldl segment --prepare``)."""
     parser.add_argument(

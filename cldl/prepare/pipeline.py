@@ -28,7 +28,7 @@ from ..io import Geometry, ImageError, overlap_fraction, read_image, resample_ve
 from ..stage_maps import StageMaps
 from ..tasks import MODALITY_ALIASES, Task
 from .brain_mask import brain_mask, looks_skull_stripped
-from .commands import SKULL_STRIP_CHOICES
+from .commands import SKULL_STRIP_CHOICES, reference_modality
 from .registration import MetricImage, RigidResult, metric_image, register_rigid
 
 GRID_SPACING_MM = 1.0
@@ -67,7 +67,7 @@ class PreparedCase:
 
 def default_reference(task: Task) -> str:
     """The sequence the others are registered to: T1ce for BraTS (as the BraTS pipeline), else the first input."""
-    return "t1ce" if "t1ce" in task.modalities else task.modalities[0]
+    return reference_modality(task.modalities)
 
 
 def is_brain_task(task: Task) -> bool:
@@ -162,7 +162,7 @@ def prepare_case(
     transforms: list[sitk.Euler3DTransform | None] = [None] * len(names)
     for step, index in enumerate(others):
         name = names[index]
-        progress(f"registering {name}", step, len(others))
+        progress(f"registering {name}", step + 1, len(others))
         if cancel is not None and cancel():
             raise _cancelled()
         tic = time.perf_counter()
@@ -174,7 +174,6 @@ def prepare_case(
         entry = {"file": str(paths[index]), "grid": geometries[index].describe(), **_motion(result)}
         entry["seconds"] = round(time.perf_counter() - tic, 2)
         report["sequences"][name] = entry
-    progress(f"registered {len(others)} sequence(s)", len(others), len(others))
     report["sequences"][names[ref]] = {"file": str(paths[ref]), "grid": ref_geometry.describe(), "reference": True}
     images = np.stack([_on_grid(arrays[i], geometries[i], grid, transforms[i]) for i in range(len(names))]).astype(
         np.float32
