@@ -476,3 +476,28 @@ def test_status_line_shows_the_torch_state_and_the_last_error(slicerApp, monkeyp
     panel._onFinished(failed)
     assert panel.ui.statusLabel.text == "Training failed: no GPU"
     panel.cleanup()
+
+
+def test_inputs_on_several_grids_turn_on_raw_scans(slicerApp, monkeypatch) -> None:
+    """Inputs that are not on one grid tick "Inputs are raw scans", and Apply passes prepare=True to the logic."""
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", standins.noErrorDisplay)
+    scene = slicer.mrmlScene
+    for name in ("BraTS_flair", "BraTS_t1", "BraTS_t1ce"):
+        add_volume(scene, slicer_testing.np.zeros((4, 4, 4), "float32"), name)
+    module, widget = _segmentationWidget(monkeypatch, [])
+    monkeypatch.setattr(module, "ensureDependencies", lambda requester: None)
+    assert widget._parameterNode.prepare is False  # t2 not chosen yet: nothing to compare
+    rows = dict(widget.ui.inputVolumesWidget.layout().rows)
+    thick = add_volume(
+        scene, slicer_testing.np.zeros((2, 4, 4), "float32"), "BraTS_t2", slicer_testing.oblique_matrix()
+    )
+    rows["t2:"].setCurrentNode(thick)
+    widget._onInputChosen("t2", thick)
+    assert widget._parameterNode.prepare is True
+    captured: dict = {}
+    widget.logic.segment = lambda inputs, **options: (
+        captured.update(options) or types.SimpleNamespace(status="running", cancel=lambda: None)
+    )
+    widget.onApplyButton()
+    assert captured["prepare"] is True
+    widget.cleanup()

@@ -40,6 +40,7 @@ from .models import (
 from .overlay import OVERLAY_ATTRIBUTE, OverlaySettings
 from .panel import INPUT_ROLE, describeMap, guessInput, markedRegionName, updateOverlay
 from .segmentations import markUncertainRegion, segmentNames
+from .volumes import sameGrid
 
 CHECKPOINTS_SETTING = "CLDL/Checkpoints"
 
@@ -72,6 +73,7 @@ class CLDLSegmentationParameterNode:
     uncertaintyMap: UncertaintyMapChoice = UncertaintyMapChoice.ENTROPY
     keepProbabilities: bool = False
     ldlMaps: bool = False
+    prepare: bool = False  # inputs are raw scans (cldl segment --prepare)
     overlayVolume: vtkMRMLScalarVolumeNode
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
     transparentBelow: Annotated[float, WithinRange(0.0, 0.95)] = 0.05
@@ -337,6 +339,9 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _setInput(self, modality: str, node) -> None:
         if self._parameterNode:
             self._parameterNode.parameterNode.SetNodeReferenceID(INPUT_ROLE + modality, node.GetID() if node else None)
+            nodes = [s.currentNode() for s in self._inputSelectors.values()]
+            if all(nodes) and not all(sameGrid(nodes[0], other) for other in nodes[1:]):
+                self._parameterNode.prepare = True  # inputs on several grids are raw scans
         self._checkCanApply()
 
     def onLoadModel(self) -> None:
@@ -426,6 +431,7 @@ class CLDLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "uncertaintyMap": p.uncertaintyMap.value,
             "keepProbabilities": p.keepProbabilities,
             "ldlMaps": p.ldlMaps,
+            "prepare": p.prepare,
         }
 
     def _onProgress(self, fraction: float, text: str) -> None:
