@@ -36,8 +36,8 @@ MIN_OVERLAP = 0.2
 """A sequence whose field of view covers less than this fraction of the reference's cannot be registered to it."""
 T1_WEIGHTED = ("t1", "t1ce")
 """The sequences the brain mask is computed on, in order of preference (else the reference). Native T1 first: on a
-T1ce, an enhancing tumour at the brain's surface looks like scalp fat, and the mask cut 4 % of one such tumour off
-(benchmarks/prepare.py, seed 90002); on the T1 of the same cases the tumour stayed wholly inside (docs/prepare.md)."""
+T1ce, an enhancing tumour at the brain's surface looks like scalp fat, and the mask cut 4 % of one such tumour off;
+on the T1 of the same cases it kept the tumour (docs/prepare.md)."""
 BRAIN_MODALITIES = frozenset(MODALITY_ALIASES)
 """Tasks with one of these inputs segment the brain, so their scans are skull-stripped (``auto``)."""
 
