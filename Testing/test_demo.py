@@ -11,7 +11,7 @@ import numpy as np
 
 from cldl.checkpoint import load_checkpoint
 from cldl.cli import main
-from cldl.data.anatomy import anatomy_case
+from cldl.data.anatomy import REALISTIC, anatomy_case
 from cldl.demo import evaluate_on_phantoms
 from cldl.infer import Predictor
 from cldl.io import read_image
@@ -19,7 +19,9 @@ from cldl.metrics import dice
 from cldl.tasks import BRATS
 from cldl.zoo import ANATOMY_MODEL, BUNDLED_DIR, DEFAULT_MODEL, PHANTOM_MODEL, REGISTRY, resolve_model, sha256_of
 
-MIN_GENERATOR_WT = 0.6  # measured 0.748 on these three cases (README); an untrained network scores about 0
+MIN_GENERATOR_WT = 0.88  # the target; measured 0.935 on these three cases (docs/default_model.md), untrained about 0
+MIN_DEMO_WT = 0.85  # the target for the demo case (seed 90000); measured 0.863
+PREVIOUS_ANATOMY_SHA256 = "fcfc4f03de214dc0e7df0dd0cfb4b713f31c785b28a1435b97ff73103d55183e"  # the warm start
 
 
 def test_phantom_model_is_registered_small_and_verified() -> None:
@@ -49,17 +51,21 @@ def test_default_model_is_the_anatomy_model_with_its_provenance() -> None:
     assert checkpoint.task.name == "brats" and checkpoint.training_state is None
     provenance = checkpoint.provenance
     cases = provenance["train_cases"] + provenance["val_cases"]
-    assert len(cases) == 64 and all(c.startswith("anatomy_") and int(c.split("_")[1]) < 10_000 for c in cases)
+    assert len(cases) == 96 and all(c.startswith("anatomy_") and int(c.split("_")[1]) < 10_000 for c in cases)
     assert "cldl train" in provenance["command"] or "cldl.cli" in provenance["command"]
     assert provenance["config"]["augment"] == "nnunet"
+    # warm-started from the previous bundled model, whose own training is recorded in the chain
+    assert provenance["warm_start"]["sha256"] == PREVIOUS_ANATOMY_SHA256
+    assert provenance["warm_start"]["epochs"] > 0
 
 
 def test_default_model_on_fixed_unseen_generator_cases() -> None:
-    """Whole-tumour Dice of the default model on three fixed anatomy-based cases it never saw (CI check)."""
+    """Whole-tumour Dice of the default model on three fixed anatomy-based cases it never saw, drawn as the demo
+    case is (realistic contrasts; CI check)."""
     predictor = Predictor(resolve_model(DEFAULT_MODEL), device="cpu")
     scores = []
     for seed in (50_000, 50_001, 50_002):
-        case = anatomy_case(seed)
+        case = anatomy_case(seed, REALISTIC)
         prediction = predictor.predict(case.images, geometry=case.geometry)
         truth = BRATS.labels_to_classes(case.labels)
         scores.append(dice(prediction.classes > 0, truth > 0))
@@ -83,7 +89,7 @@ def test_demo_end_to_end(tmp_path: Path, capsys) -> None:
     assert uncertainty.dtype == np.float32 and 0 <= uncertainty.min() and uncertainty.max() <= 1
     metrics = json.loads((out / "metrics.json").read_text())
     assert labels.shape == (155, 240, 240) and metrics["case"] == "anatomy_90000"  # a BraTS-grid anatomy case
-    assert all(0 <= metrics["metrics"][r]["dice"] <= 1 for r in ("WT", "TC", "ET"))  # accuracy: the tests below
+    assert metrics["metrics"]["WT"]["dice"] >= MIN_DEMO_WT  # the first thing a newcomer sees finds the tumour
     assert {row["name"] for row in metrics["confidence"]["segments"]} == {"NCR", "ED", "ET"}
     # idempotent: a second run into the same folder succeeds
     assert main(["demo", "--out", str(out), "--device", "cpu", "--progress", "none"]) == 0

@@ -441,7 +441,19 @@ BAD_CONFIGS = {
         {"phantoms": {**TINY_TRAIN["phantoms"], "train_seeds": [5, 2]}},
         "config key 'phantoms' needs train_seeds as a half-open range [first, stop) with 0 <= first < stop",
     ),
+    "reversed validation seeds": (
+        {"phantoms": {**TINY_TRAIN["phantoms"], "val_seeds": [5, 2]}},
+        "config key 'phantoms' needs val_seeds as a half-open range [first, stop) with 0 <= first <= stop",
+    ),
 }
+
+
+def test_an_empty_validation_range_is_allowed() -> None:
+    """No validation cases (``val_seeds`` [a, a]) is a valid run, as the training benchmarks use it."""
+    from cldl.train import TrainConfig
+
+    config = TrainConfig.from_dict({**TINY_TRAIN, "phantoms": {**TINY_TRAIN["phantoms"], "val_seeds": [7, 7]}})
+    assert config.phantoms["val_seeds"] == [7, 7]
 
 
 @pytest.mark.parametrize("name", list(BAD_CONFIGS))

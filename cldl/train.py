@@ -241,13 +241,14 @@ def check_config_values(config: TrainConfig) -> None:
 
 
 def _phantom_seed_problem(spec: dict[str, Any]) -> str | None:
-    """What is wrong with the phantoms' seed ranges (``[first, stop)``, 0 <= first < stop)."""
-    for key in ("train_seeds", "val_seeds"):
+    """What is wrong with the phantoms' seed ranges (``[first, stop)``, 0 <= first < stop; validation may be empty)."""
+    for key, relation in (("train_seeds", "<"), ("val_seeds", "<=")):
         seeds = spec.get(key, [0, 1])
         ok = isinstance(seeds, (list, tuple)) and len(seeds) == 2
-        ok = ok and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) and 0 <= seeds[0] < seeds[1]
+        ok = ok and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) and 0 <= seeds[0]
+        ok = ok and (seeds[0] < seeds[1] if relation == "<" else seeds[0] <= seeds[1])
         if not ok:
-            return f"needs {key} as a half-open range [first, stop) with 0 <= first < stop"
+            return f"needs {key} as a half-open range [first, stop) with 0 <= first {relation} stop"
     return None
 
 

@@ -44,11 +44,11 @@ REGISTRY: dict[str, ModelEntry] = {
     for entry in (
         ModelEntry(
             name=ANATOMY_MODEL,
-            description="Small CLDL network (base width 8) trained on synthetic tumours in real anatomy (MNI152, "
-            "domain-randomised contrasts); research use, not for clinical use",
+            description="Small CLDL network (base width 8, 2 mm, whole-brain context) trained on synthetic tumours in "
+            "real anatomy (MNI152, realistic and domain-randomised contrasts); research use, not for clinical use",
             task="brats",
             filename="cldl_brats_anatomy.pt",
-            sha256="fcfc4f03de214dc0e7df0dd0cfb4b713f31c785b28a1435b97ff73103d55183e",
+            sha256="db97587ff92552cc746781d625fe4efcece9aa0882b9877cf669818c331b2b4e",
         ),
         ModelEntry(
             name=PHANTOM_MODEL,
