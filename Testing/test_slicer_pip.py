@@ -127,3 +127,24 @@ def test_one_question_before_installing_then_no_other_prompt(pipCalls, monkeypat
     (torch, kwargs), pip = pipCalls[0], pipCalls[1]
     assert torch == "installTorch" and kwargs["askConfirmation"] is False, "asked once, by CLDL"
     assert pip[0] == "pip_ensure" and pip[2]["prompt_install"] is False and pip[1] == [MISSING]
+
+
+def test_deepbet_is_installed_without_its_dependencies(pipCalls, monkeypatch) -> None:
+    """Raw-scan preparation's brain-extraction models come with the first install, through pip --no-deps (its
+    declared GUI toolkit and pandas stay out of Slicer)."""
+    lines = dependencies.loadRequirements(dependencies.noDepsRequirementsPath())
+    assert lines == ["deepbet==1.0.2"]
+    constraints = Path(__file__).parents[1] / "constraints.txt"
+    assert "deepbet==1.0.2" in constraints.read_text()  # the engine's pin and the extension's agree
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: pipCalls.append(requirements))
+    with pytest.raises(DependencyError, match="failed"):  # the stand-in installs nothing
+        dependencies.ensureWithoutDependencies([MISSING])
+    assert pipCalls == [["--no-deps", MISSING]]
+    pipCalls.clear()
+    monkeypatch.setattr(dependencies, "installedTorchVersion", lambda: "2.13.0")
+    monkeypatch.setattr(dependencies, "loadRequirements", lambda path: [MISSING] if "nodeps" in str(path) else [])
+    assert dependencies.missingDependencies() == [MISSING]  # asked about in the one question
+    monkeypatch.setattr(dependencies, "ensureTorch", lambda askConfirmation: None)
+    with pytest.raises(DependencyError, match="failed"):
+        dependencies.ensureDependencies("CLDL", confirm=lambda text: True)
+    assert pipCalls == [["--no-deps", MISSING]]  # after the one question, with no other prompt

@@ -41,6 +41,11 @@ def requirementsPath() -> Path:
     return Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
 
 
+def noDepsRequirementsPath() -> Path:
+    """Requirements installed with ``pip --no-deps`` (packages whose data only is used: deepbet's models)."""
+    return requirementsPath().with_name("requirements-nodeps.txt")
+
+
 def loadRequirements(path: str | Path) -> list[str]:
     """Requirement lines of a requirements file (comments and blank lines dropped)."""
     lines = []
@@ -120,7 +125,8 @@ def missingDependencies() -> list[str]:
     """What must be installed before the engine can run: torch (new enough) and the requirements file."""
     version = installedTorchVersion()
     torch = [] if version is not None and torch_supported(version) else [f"torch{TORCH_REQUIREMENT}"]
-    return torch + missingRequirements(loadRequirements(requirementsPath()))
+    requirements = loadRequirements(requirementsPath()) + loadRequirements(noDepsRequirementsPath())
+    return torch + missingRequirements(requirements)
 
 
 def _pyTorchUtilsLogic():  # pragma: no cover - needs the Slicer application and the PyTorch extension
@@ -240,3 +246,18 @@ def ensureDependencies(requester: str = "CLDL", confirm: Callable[[str], bool] |
         raise DependencyError(f"{requester} cannot run without {', '.join(missing)}")
     ensureTorch(askConfirmation=False)
     ensureRequirements(loadRequirements(requirementsPath()), requester=requester, prompt=False)
+    ensureWithoutDependencies(loadRequirements(noDepsRequirementsPath()))
+
+
+def ensureWithoutDependencies(requirements: Sequence[str]) -> None:
+    """Install missing requirement lines with ``pip --no-deps`` (nothing else is pulled in, so Slicer's own packages
+    cannot change), or raise :class:`DependencyError`."""
+    import slicer
+
+    missing = missingRequirements(requirements)
+    if not missing:
+        return
+    slicer.util.pip_install(["--no-deps", *missing])
+    still = missingRequirements(requirements)
+    if still:
+        raise DependencyError(f"installing {', '.join(still)} failed; see the Python console for pip's output")
