@@ -57,8 +57,22 @@ def _error_line(stderr: str) -> str:
     return lines[0]
 
 
+def _default_stop_signals() -> None:
+    """In the child: SIGINT and SIGTERM as an interactive user's process gets them (a test run started in the
+    background, e.g. under nohup, ignores SIGINT, and children would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _start(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        preexec_fn=_default_stop_signals,  # the test process starts no threads of its own
+    )
 
 
 def _wait_for_progress(process: subprocess.Popen) -> None:
