@@ -48,7 +48,7 @@ REGISTRY: dict[str, ModelEntry] = {
             "real anatomy (MNI152, realistic and domain-randomised contrasts); research use, not for clinical use",
             task="brats",
             filename="cldl_brats_anatomy.pt",
-            sha256="db97587ff92552cc746781d625fe4efcece9aa0882b9877cf669818c331b2b4e",
+            sha256="1538a57753302e5474c043b58a78d374c52d281143d655a8230c565d242b1ac9",
         ),
         ModelEntry(
             name=PHANTOM_MODEL,
