@@ -27,6 +27,10 @@ BOX_SHAPE = (128, 128, 128)
 BRAIN_SHAPE = (256, 256, 256)
 BOX_MARGIN = 0.1
 THRESHOLD = 0.5
+EDGE_MM = 3.0
+"""How far outside the brain mask FLAIR-hyperintense voxels are taken in (:func:`extend_over_edema`)."""
+EDEMA_RATIO = 1.1
+"""FLAIR intensity, relative to the brain's median, above which a voxel next to the mask counts as edema."""
 # LPS direction of each closest-RAS array axis (i -> right, j -> anterior, k -> superior)
 RAS_AXES_LPS = np.array([[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]])
 
@@ -161,6 +165,25 @@ def brain_mask(image: np.ndarray, geometry: Geometry) -> np.ndarray:
         raise BrainMaskError("no brain found in the image (is it a head MRI?)")
     mask[box] = _fill_holes(_largest_component(inside))
     return np.ascontiguousarray(from_ras(mask, geometry))
+
+
+def extend_over_edema(mask: np.ndarray, flair: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
+    """The brain mask extended over edema at the brain's surface: FLAIR-hyperintense voxels (above ``EDEMA_RATIO``
+    times the brain's median) within ``EDGE_MM`` of the mask, plus a one-voxel rim around them (partial volume).
+
+    Edema is dark on the T1 the mask is computed on, and where it reaches the cortex the mask can cut it off; on
+    FLAIR it is bright, while the skull and CSF beside the brain are dark."""
+    if not mask.any():
+        return mask
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.SetSpacing(tuple(float(s) for s in reversed(spacing_zyx)))
+    distance = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(image, squaredDistance=False, useImageSpacing=True))
+    near = (distance > 0) & (distance <= EDGE_MM)
+    edema = near & (flair > EDEMA_RATIO * float(np.median(flair[mask])))
+    if not edema.any():
+        return mask
+    rim = sitk.BinaryDilate(sitk.GetImageFromArray(edema.astype(np.uint8)), (1, 1, 1), sitk.sitkCross)
+    return mask | (sitk.GetArrayFromImage(rim).astype(bool) & near)
 
 
 def looks_skull_stripped(image: np.ndarray, spacing_zyx: tuple[float, float, float]) -> bool:

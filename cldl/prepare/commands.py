@@ -96,7 +96,9 @@ def report_lines(case: Any) -> list[str]:
         )
     mask = case.report.get("brain_mask")
     if mask:
-        lines.append(f"brain mask: {mask['volume_ml']} ml (from {mask['computed_on']})")
+        extended = mask.get("extended_over_edema_ml")
+        over_edema = f", extended over {extended} ml of FLAIR-bright edge" if extended else ""
+        lines.append(f"brain mask: {mask['volume_ml']} ml (from {mask['computed_on']}{over_edema})")
     lines += [f"note: {w}" for w in case.report["warnings"]]
     return lines
 

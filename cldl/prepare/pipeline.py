@@ -27,7 +27,7 @@ from ..distributions import UNCERTAINTY_MAPS
 from ..io import Geometry, ImageError, overlap_fraction, read_image, resample_vector, vector_image, write_image
 from ..stage_maps import StageMaps
 from ..tasks import MODALITY_ALIASES, Task
-from .brain_mask import brain_mask, looks_skull_stripped
+from .brain_mask import brain_mask, extend_over_edema, looks_skull_stripped
 from .commands import SKULL_STRIP_CHOICES, reference_modality
 from .registration import MetricImage, RigidResult, metric_image, register_rigid
 
@@ -197,15 +197,22 @@ def prepare_case(
             raise _cancelled()
         source = next((names.index(m) for m in T1_WEIGHTED if m in names), ref)
         brain = brain_mask(images[source], grid)
+        report["brain_mask"] = {"computed_on": names[source]}
+        if "flair" in names and names[source] != "flair":
+            extended = extend_over_edema(brain, images[names.index("flair")], grid.spacing_zyx)
+            report["brain_mask"]["extended_over_edema_ml"] = _ml(extended & ~brain)
+            brain = extended
+        report["brain_mask"]["volume_ml"] = _ml(brain)
         images *= brain[None]
-        report["brain_mask"] = {
-            "computed_on": names[source],
-            "volume_ml": round(float(brain.sum()) * GRID_SPACING_MM**3 / 1000.0, 1),
-        }
         progress("brain mask", 1, 1)
     report["skull_stripped"] = brain is not None
     report["seconds"] = round(time.perf_counter() - started, 2)
     return PreparedCase(tuple(names), images, grid, ref, ref_geometry, brain, transforms, report)
+
+
+def _ml(mask: np.ndarray) -> float:
+    """The volume of a mask on the 1 mm preparation grid, in millilitres (one decimal)."""
+    return round(float(mask.sum()) * GRID_SPACING_MM**3 / 1000.0, 1)
 
 
 def _cancelled() -> RuntimeError:
