@@ -11,7 +11,7 @@ from cldl.checkpoint import Checkpoint
 from cldl.data.phantoms import brats_phantom, write_case
 from cldl.data.preprocess import PreprocessConfig
 from cldl.events import Reporter
-from cldl.model import ModelConfig, UNetLDL
+from cldl.method.network import ModelConfig, UNetLDL
 from cldl.tasks import BRATS
 from cldl.train import TrainConfig, Trainer
 

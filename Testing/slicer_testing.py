@@ -24,7 +24,7 @@ import vtk  # noqa: E402
 
 SLICE_VIEWS = ("Red", "Yellow", "Green")
 
-# The confidence part of an engine result event (cldl.confidence), as the widget and the Lib receive it.
+# The confidence part of an engine result event (cldl.inference.confidence), as the widget and the Lib receive it.
 CONFIDENCE_SUMMARY = {
     "confidence": {
         "uncertain_threshold": 0.5,

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from cldl.ablation import EvalCase, Study, band_dice, boundary_band, distribution_error, run_study, stage_errors
-from cldl.ablation_stats import paired_comparison, rank_biserial, seed_summary
 from cldl.cli import main
 from cldl.data.phantoms import brats_phantom, write_case
-from cldl.model import ModelConfig, ModelOutput
+from cldl.method.network import ModelConfig, ModelOutput
+from cldl.study.runner import EvalCase, Study, band_dice, boundary_band, distribution_error, run_study, stage_errors
+from cldl.study.statistics import paired_comparison, rank_biserial, seed_summary
 
 # ------------------------------------------------------------------------------------------------- statistics
 

@@ -19,7 +19,7 @@ from cldl.checkpoint import (
     save_checkpoint,
 )
 from cldl.data.preprocess import PreprocessConfig
-from cldl.model import ModelConfig, UNetLDL
+from cldl.method.network import ModelConfig, UNetLDL
 from cldl.tasks import BRATS, MMWHS_CT, MMWHS_MR, get_task
 
 

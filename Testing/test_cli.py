@@ -16,9 +16,9 @@ import pytest
 
 from cldl.checkpoint import load_checkpoint
 from cldl.cli import main
-from cldl.io import Geometry, read_image, write_image
+from cldl.files.images import Geometry, read_image, write_image
+from cldl.registry import DEFAULT_MODEL
 from cldl.tasks import BRATS
-from cldl.zoo import DEFAULT_MODEL
 
 SENTINEL = b"existing file, must survive"
 TINY_TRAIN = {

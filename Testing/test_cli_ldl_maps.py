@@ -11,7 +11,7 @@ from conftest import random_checkpoint
 
 from cldl.checkpoint import save_checkpoint
 from cldl.cli import main
-from cldl.io import read_image
+from cldl.files.images import read_image
 from cldl.tasks import BRATS
 
 

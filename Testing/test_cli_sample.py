@@ -15,7 +15,7 @@ from CLDLSegmentationLib.sampledata import findSampleFiles, sampleFolder
 import cldl.data.anatomy
 from cldl.cli import SAMPLE_SEED, main
 from cldl.data.phantoms import COMPACT_MAXIMUM, brats_phantom, compact_case
-from cldl.io import read_image
+from cldl.files.images import read_image
 
 
 def _small(seed: int):

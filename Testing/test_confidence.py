@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cldl.confidence import confidence_lines, segment_confidence
-from cldl.infer import Prediction, near_tie
-from cldl.io import Geometry
+from cldl.files.images import Geometry
+from cldl.inference.confidence import confidence_lines, segment_confidence
+from cldl.inference.predictor import Prediction, near_tie
 from cldl.tasks import BRATS
 
 

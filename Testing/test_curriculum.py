@@ -1,10 +1,10 @@
-"""Tests of cldl.curriculum: region sizes per LDL stage and the joint / pacing stage weights."""
+"""Tests of cldl.method.curriculum: region sizes per LDL stage and the joint / pacing stage weights."""
 
 from __future__ import annotations
 
 import pytest
 
-from cldl.curriculum import CURRICULUM_MODES, Curriculum, region_sizes
+from cldl.method.curriculum import CURRICULUM_MODES, Curriculum, region_sizes
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from test_datasets_layouts import build_brats2018, build_case_list, build_mmwhs,
 
 from cldl.cli import main
 from cldl.data.datasets import detect_dataset
-from cldl.io import read_image, write_image
+from cldl.files.images import read_image, write_image
 
 SHAPE = (32, 32, 32)
 LAYOUTS = {

@@ -30,7 +30,7 @@ from cldl.data.datasets import (
 )
 from cldl.data.phantoms import brats_phantom, mmwhs_phantom
 from cldl.data.preprocess import InputError, PreprocessConfig
-from cldl.io import Geometry, affine_ras, write_image
+from cldl.files.images import Geometry, affine_ras, write_image
 from cldl.tasks import BRATS, MMWHS_CT, MMWHS_MR, get_task
 
 SHAPE = (20, 20, 20)

@@ -122,7 +122,7 @@ def test_two_ranks_identical_weights_one_writer_and_exact_resume(tmp_path: Path)
     states = last.training_state["rank_states"]
     assert states[0]["sampler_rng"] != states[1]["sampler_rng"]  # each rank drew its own patches
     assert [r["epoch"] for r in _metrics(straight)] == [1, 2]  # one record per epoch: one log writer
-    assert not list(straight.glob(".*.part"))  # cldl.atomic staging folders
+    assert not list(straight.glob(".*.part"))  # cldl.files.atomic_writes staging folders
 
     # rank 1 alone asks to stop at its 5th check (epoch 2, step 1): every rank stops after that step
     resumed = tmp_path / "resumed"

@@ -13,11 +13,11 @@ from cldl.checkpoint import load_checkpoint
 from cldl.cli import main
 from cldl.data.anatomy import REALISTIC, anatomy_case
 from cldl.demo import evaluate_on_phantoms
-from cldl.infer import Predictor
-from cldl.io import read_image
-from cldl.metrics import dice
+from cldl.evaluation.metrics import dice
+from cldl.files.images import read_image
+from cldl.inference.predictor import Predictor
+from cldl.registry import ANATOMY_MODEL, BUNDLED_DIR, DEFAULT_MODEL, PHANTOM_MODEL, REGISTRY, resolve_model, sha256_of
 from cldl.tasks import BRATS
-from cldl.zoo import ANATOMY_MODEL, BUNDLED_DIR, DEFAULT_MODEL, PHANTOM_MODEL, REGISTRY, resolve_model, sha256_of
 
 MIN_GENERATOR_WT = 0.88  # the target; measured 0.940 on these three cases (docs/default_model.md), untrained about 0
 MIN_DEMO_WT = 0.85  # the target for the demo case (seed 90000); measured 0.939

@@ -1,4 +1,4 @@
-"""Tests of cldl.distributions: R-LDL targets, target smoothing, Gaussian LDL and uncertainty maps."""
+"""Tests of cldl.method.distributions: R-LDL targets, target smoothing, Gaussian LDL and uncertainty maps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cldl.distributions import (
+from cldl.method.distributions import (
     SMOOTH_EPS,
     UNCERTAINTY_MAPS,
     entropy,
@@ -280,7 +280,7 @@ def test_smoothing_stays_positive_and_normalised_for_tiny_entries() -> None:
 
 def test_entropy_is_finite_for_rounding_below_zero() -> None:
     """Linearly resampled probabilities can dip a hair below 0: the uncertainty map must stay finite (no NaN)."""
-    from cldl.distributions import UNCERTAINTY_MAPS
+    from cldl.method.distributions import UNCERTAINTY_MAPS
 
     probs = torch.tensor([[[1.0 + 2e-9]], [[-1e-9]], [[-1e-9]], [[0.0]]]).unsqueeze(0)  # 1 x K x 1 x 1
     for name, uncertainty in UNCERTAINTY_MAPS.items():

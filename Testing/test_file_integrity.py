@@ -19,16 +19,24 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from cldl import atomic
 from cldl.checkpoint import load_checkpoint, save_checkpoint
 from cldl.cli import main
 from cldl.data.cache import PreprocessCache
 from cldl.data.datasets import check_mixups, detect_dataset, mixup_problems
 from cldl.data.phantoms import brats_phantom, write_case
 from cldl.data.preprocess import InputError, PreprocessConfig
-from cldl.io import Geometry, ImageError, read_channels, read_image, read_labels, write_image, write_unit_interval
+from cldl.files import atomic_writes as atomic
+from cldl.files.images import (
+    Geometry,
+    ImageError,
+    read_channels,
+    read_image,
+    read_labels,
+    write_image,
+    write_unit_interval,
+)
+from cldl.files.integrity import payload_problem
 from cldl.tasks import BRATS
-from cldl.verify import payload_problem
 
 CUTS = (0.0, 0.1, 0.5, 0.9, 0.99)
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd")

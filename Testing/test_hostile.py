@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from conftest import random_checkpoint
 
-from cldl import atomic
 from cldl.checkpoint import save_checkpoint
 from cldl.cli import main
-from cldl.io import read_image, write_image
+from cldl.files import atomic_writes as atomic
+from cldl.files.images import read_image, write_image
 from cldl.tasks import BRATS
 
 SENTINEL = b"someone else's file, must survive"
@@ -144,9 +144,9 @@ def test_sigterm_during_inference_leaves_nothing(model: Path, phantom_files: dic
 def test_sigterm_while_writing_removes_the_temporary_files(
     model: Path, phantom_files: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd
 ) -> None:
-    import cldl.io
+    import cldl.files.images
 
-    real = cldl.io.write_unit_interval
+    real = cldl.files.images.write_unit_interval
 
     def write_then_terminated(*args, **kwargs):
         written = real(*args, **kwargs)  # the label map and this map are staged in hidden folders now
@@ -154,7 +154,7 @@ def test_sigterm_while_writing_removes_the_temporary_files(
         os.kill(os.getpid(), signal.SIGTERM)  # what a batch scheduler or Slicer's Cancel sends
         return written
 
-    monkeypatch.setattr(cldl.io, "write_unit_interval", write_then_terminated)
+    monkeypatch.setattr(cldl.files.images, "write_unit_interval", write_then_terminated)
     handler = signal.getsignal(signal.SIGTERM)
     output, uncertainty = tmp_path / "seg.nii.gz", tmp_path / "unc.nii.gz"
     argv = ["segment", "--model", str(model), "-i", *_images(phantom_files), "-o", str(output)]
@@ -286,8 +286,8 @@ def test_a_checkpoint_with_nan_weights_is_refused(phantom_files: dict, tmp_path:
 def test_non_finite_network_outputs_are_an_error() -> None:
     import torch
 
-    from cldl.infer import sliding_window_outputs
-    from cldl.model import UNetLDL
+    from cldl.inference.predictor import sliding_window_outputs
+    from cldl.method.network import UNetLDL
 
     network = UNetLDL(random_checkpoint().model_config).eval()
     with torch.no_grad():
@@ -664,7 +664,7 @@ def test_an_unusable_output_name_is_refused_before_inference(
 def test_grids_that_differ_only_in_direction_are_described_differently(
     phantom_files: dict, tmp_path: Path, capfd
 ) -> None:
-    from cldl.io import Geometry
+    from cldl.files.images import Geometry
 
     labels, geometry = read_image(phantom_files["seg"])
     turned = Geometry(geometry.size, geometry.spacing, geometry.origin, (1.0, 0, 0, 0, 0, 1.0, 0, 1.0, 0))

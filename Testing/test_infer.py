@@ -11,15 +11,15 @@ from conftest import random_checkpoint
 
 from cldl.checkpoint import Checkpoint, save_checkpoint
 from cldl.data.preprocess import InputError, bounding_box, foreground_mask
-from cldl.infer import (
+from cldl.files.images import Geometry, GeometryWarning, read_image, write_image
+from cldl.inference.predictor import (
     Cancelled,
     Predictor,
     gaussian_importance,
     sliding_window_probabilities,
     window_starts,
 )
-from cldl.io import Geometry, GeometryWarning, read_image, write_image
-from cldl.model import ModelConfig, UNetLDL
+from cldl.method.network import ModelConfig, UNetLDL
 from cldl.tasks import BRATS
 
 WINDOW = (32, 32, 32)

@@ -13,9 +13,9 @@ from cldl.checkpoint import Checkpoint
 from cldl.cli import main
 from cldl.data.phantoms import brats_phantom
 from cldl.data.preprocess import PreprocessConfig, normalize, normalize_tensor
-from cldl.infer import Predictor, sliding_window_probabilities
-from cldl.io import read_image
-from cldl.model import ModelConfig, UNetLDL
+from cldl.files.images import read_image
+from cldl.inference.predictor import Predictor, sliding_window_probabilities
+from cldl.method.network import ModelConfig, UNetLDL
 
 WINDOW = (32, 32, 32)
 

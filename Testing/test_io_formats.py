@@ -1,4 +1,5 @@
-"""cldl.io: every supported format read and written with exact geometry (oblique, anisotropic), dtypes, 4D inputs,
+"""cldl.files.images: every supported format read and written with exact geometry (oblique, anisotropic), dtypes, 4D
+inputs,
 DICOM series folders, Slicer .seg.nrrd files (cross-checked with slicerio) and clear errors for bad files."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cldl.io import (
+from cldl.files.images import (
     Geometry,
     ImageError,
     image_info,

@@ -11,8 +11,8 @@ import vtk
 from slicer_testing import new_scene
 from vtk.util.numpy_support import vtk_to_numpy
 
-from cldl.evaluation import evaluate_pair
-from cldl.io import Geometry, read_labels, write_segmentation
+from cldl.evaluation.reports import evaluate_pair
+from cldl.files.images import Geometry, read_labels, write_segmentation
 from cldl.tasks import BRATS, MMWHS_CT
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -86,7 +86,7 @@ def test_we_read_what_slicer_writes_cropped_to_the_segments(scene, tmp_path: Pat
     cropped, geometry = read_labels(tmp_path / "slicer.seg.nrrd", BRATS)
     assert cropped.shape != labels.shape  # Slicer cropped it
     assert np.count_nonzero(cropped == 4) == np.count_nonzero(labels == 4)
-    from cldl.io import write_image
+    from cldl.files.images import write_image
 
     reference = write_image(labels, GEOMETRY, tmp_path / "case_seg.nii.gz")
     result = evaluate_pair(tmp_path / "slicer.seg.nrrd", reference, BRATS)

@@ -43,7 +43,14 @@ def test_importing_every_cldl_module_loads_no_slicer_qt_or_vtk() -> None:
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    for name in ("cldl.cli", "cldl.infer", "cldl.train", "cldl.render", "cldl.demo", "cldl.data.phantoms"):
+    for name in (
+        "cldl.cli",
+        "cldl.inference.predictor",
+        "cldl.train",
+        "cldl.render",
+        "cldl.demo",
+        "cldl.data.phantoms",
+    ):
         assert name in result["modules"], name
     assert "cldl.__main__" in result["modules"]
     assert result["forbidden"] == []

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cldl.evaluation import evaluate_folders_or_files
-from cldl.metrics import LESION_HD95_PENALTY, _min_cost_assignment, lesion_wise_metrics
+from cldl.evaluation.metrics import LESION_HD95_PENALTY, _min_cost_assignment, lesion_wise_metrics
+from cldl.evaluation.reports import evaluate_folders_or_files
 from cldl.tasks import get_task
 
 HERE = Path(__file__).resolve().parent

@@ -1,4 +1,4 @@
-"""Tests of cldl.losses: symmetric KL, the two soft-Dice modes and the weighted CLDL total."""
+"""Tests of cldl.method.losses: symmetric KL, the two soft-Dice modes and the weighted CLDL total."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cldl.distributions import gaussian_label_distribution, region_distribution, rldl_targets, smooth_distribution
-from cldl.losses import DICE_MODES, LossConfig, cldl_loss, soft_dice_loss, symmetric_kl
-from cldl.model import ModelOutput, UNetLDL
+from cldl.method.distributions import (
+    gaussian_label_distribution,
+    region_distribution,
+    rldl_targets,
+    smooth_distribution,
+)
+from cldl.method.losses import DICE_MODES, LossConfig, cldl_loss, soft_dice_loss, symmetric_kl
+from cldl.method.network import ModelOutput, UNetLDL
 
 
 @pytest.fixture(scope="module", autouse=True)

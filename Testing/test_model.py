@@ -1,4 +1,4 @@
-"""Tests of cldl.model: parameter counts, shapes, stage outputs, PPM fusion and gradient flow, config, init."""
+"""Tests of cldl.method.network: parameter counts, shapes, stage outputs, PPM fusion and gradient flow, config, init."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cldl.model import (
+from cldl.method.network import (
     ENTROPY_EPS,
     ModelConfig,
     PriorPerceivingModule,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cldl.data.phantoms import PhantomCase, brats_phantom, make_phantom, mmwhs_phantom, write_case
-from cldl.io import read_image
+from cldl.files.images import read_image
 from cldl.tasks import BRATS, MMWHS_CT
 
 SMALL = (48, 56, 64)

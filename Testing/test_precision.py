@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from cldl.data.phantoms import brats_phantom
-from cldl.infer import Predictor
-from cldl.precision import autocast_dtype, cpu_has_native_bf16
-from cldl.zoo import PHANTOM_MODEL, resolve_model
+from cldl.inference.precision import autocast_dtype, cpu_has_native_bf16
+from cldl.inference.predictor import Predictor
+from cldl.registry import PHANTOM_MODEL, resolve_model
 
 
 def test_precision_settings() -> None:

@@ -19,12 +19,12 @@ import SimpleITK as sitk
 from cldl.cli import main
 from cldl.data.anatomy import REALISTIC, anatomy_case
 from cldl.data.raw_scans import Acquisition, RawCase, acquire, raw_case, scanner_grid
-from cldl.infer import Predictor
-from cldl.io import Geometry, read_image, write_image
-from cldl.metrics import dice
+from cldl.evaluation.metrics import dice
+from cldl.files.images import Geometry, read_image, write_image
+from cldl.inference.predictor import Predictor
 from cldl.prepare.brain_mask import brain_mask, extend_over_edema, from_ras, looks_skull_stripped, to_ras
 from cldl.prepare.registration import MIN_SIMILARITY, metric_image, register_rigid
-from cldl.zoo import DEFAULT_MODEL, resolve_model
+from cldl.registry import DEFAULT_MODEL, resolve_model
 
 COLIN = Path("/usr/share/mricron/templates")
 SEQUENCES = ("flair", "t1", "t1ce", "t2")

@@ -25,9 +25,9 @@ from cldl.data.preprocess import (
     resampled_grid,
     stack_channels,
 )
-from cldl.infer import Predictor
-from cldl.io import Geometry, GeometryWarning, read_image, write_image
-from cldl.model import ModelConfig, UNetLDL
+from cldl.files.images import Geometry, GeometryWarning, read_image, write_image
+from cldl.inference.predictor import Predictor
+from cldl.method.network import ModelConfig, UNetLDL
 from cldl.tasks import BRATS
 
 

@@ -14,8 +14,8 @@ from test_datasets_layouts import build_brats2018, build_mmwhs
 from cldl.cli import main
 from cldl.data.augment import preset, spatial_matrix
 from cldl.data.preprocess import PreprocessConfig, preprocess
-from cldl.evaluation import relabel_small_et
-from cldl.io import Geometry, write_image
+from cldl.evaluation.reports import relabel_small_et
+from cldl.files.images import Geometry, write_image
 from cldl.tasks import BRATS
 from cldl.train import PatchSampler, TrainConfig, load_config
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from conftest import random_checkpoint
 
-import cldl.batch
+import cldl.inference.folder
 from cldl.checkpoint import save_checkpoint
 from cldl.cli import main
 from cldl.data.phantoms import brats_phantom, write_case
-from cldl.io import read_image
+from cldl.files.images import read_image
 from cldl.tasks import BRATS
 
 MODEL = "brats-phantom-demo"
@@ -136,7 +136,7 @@ def test_a_case_whose_region_maps_fail_leaves_no_output(
     dataset: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bad = sorted(p.name for p in dataset.iterdir())[1]
-    real = cldl.batch.write_stage_maps
+    real = cldl.inference.folder.write_stage_maps
 
     def full_disk(maps, task, geometry, folder, staged):
         entries = real(maps, task, geometry, folder, staged)
@@ -144,7 +144,7 @@ def test_a_case_whose_region_maps_fail_leaves_no_output(
             raise OSError("No space left on device")
         return entries
 
-    monkeypatch.setattr(cldl.batch, "write_stage_maps", full_disk)
+    monkeypatch.setattr(cldl.inference.folder, "write_stage_maps", full_disk)
     out, maps = tmp_path / "out", tmp_path / "maps"
     assert _segment("-i", str(dataset), "-o", str(out), "--ldl-maps", str(maps)) == 1
     captured = capsys.readouterr()

@@ -19,7 +19,7 @@ from CLDLSegmentationLib.panel import updateOverlay
 from CLDLSegmentationLib.segmentations import markUncertainRegion
 from CLDLSegmentationLib.volumes import exportVolume
 
-from cldl.io import Geometry, write_image, write_unit_interval
+from cldl.files.images import Geometry, write_image, write_unit_interval
 from cldl.tasks import BRATS
 
 

@@ -127,7 +127,7 @@ def test_engine_ships_with_the_extension() -> None:
     data = {p.relative_to(ENGINE).as_posix() for p in (ENGINE / "configs").glob("*") if p.is_file()}
     data |= {p.relative_to(ENGINE).as_posix() for p in (ENGINE / "models").glob("*.pt")}
     assert data <= resources, f"engine data files not installed: {sorted(data - resources)}"
-    from cldl.zoo import REGISTRY
+    from cldl.registry import REGISTRY
 
     bundled = {f"models/{e.filename}" for e in REGISTRY.values() if e.bundled}
     assert bundled <= resources, "bundled models must ship with the extension"

@@ -24,7 +24,7 @@ from CLDLSegmentationLib.logic import (
 from CLDLSegmentationLib.models import ModelInfo
 from CLDLSegmentationLib.volumes import checkInputs, exportVolume, ijkToRas
 
-from cldl.io import Geometry, write_image, write_unit_interval
+from cldl.files.images import Geometry, write_image, write_unit_interval
 from cldl.tasks import BRATS
 
 SHAPE = (10, 12, 14)

@@ -25,7 +25,7 @@ from cldl.cli import build_parser
 from cldl.data.preprocess import PreprocessConfig
 from cldl.distributed import StopSignals, weights_digest
 from cldl.events import Reporter
-from cldl.infer import (
+from cldl.inference.predictor import (
     CPU_WINDOW_MEMORY_GB,
     DEFAULT_OVERLAP,
     Predictor,
@@ -35,7 +35,7 @@ from cldl.infer import (
     window_memory_bytes,
     window_starts,
 )
-from cldl.model import ModelConfig, UNetLDL
+from cldl.method.network import ModelConfig, UNetLDL
 from cldl.prefetch import BatchPrefetcher
 from cldl.tasks import BRATS
 from cldl.train import PatchSampler, Trainer

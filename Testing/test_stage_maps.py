@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from conftest import random_checkpoint
 
-from cldl.atomic import atomic_outputs
 from cldl.checkpoint import Checkpoint
 from cldl.data.preprocess import PreprocessConfig
-from cldl.infer import Predictor, sliding_window_outputs
-from cldl.io import Geometry, read_image
-from cldl.model import ModelConfig, ModelOutput, UNetLDL
-from cldl.stage_maps import stage_map_files, write_stage_maps
+from cldl.files.atomic_writes import atomic_outputs
+from cldl.files.images import Geometry, read_image
+from cldl.inference.predictor import Predictor, sliding_window_outputs
+from cldl.inference.region_maps import stage_map_files, write_stage_maps
+from cldl.method.network import ModelConfig, ModelOutput, UNetLDL
 from cldl.tasks import BRATS
 
 WINDOW = (32, 32, 32)

@@ -15,7 +15,7 @@ from cldl.checkpoint import load_checkpoint
 from cldl.data.phantoms import brats_phantom
 from cldl.data.preprocess import PreprocessConfig, preprocess
 from cldl.events import Reporter
-from cldl.model import UNetLDL
+from cldl.method.network import UNetLDL
 from cldl.tasks import BRATS
 from cldl.train import (
     PatchSampler,
@@ -94,7 +94,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     assert last_a.provenance["epoch"] == last_b.provenance["epoch"] == 2
     for name in ("best.pt", "last.pt", "metrics.jsonl", "config.json"):
         assert (resumed / name).is_file()
-    assert not list(resumed.glob(".*.part"))  # cldl.atomic staging folders
+    assert not list(resumed.glob(".*.part"))  # cldl.files.atomic_writes staging folders
 
     with pytest.raises(FileExistsError, match="--resume"):
         Trainer(_resume_config(), straight, Reporter("none")).run()
@@ -209,7 +209,7 @@ def test_config_refuses_a_one_voxel_bottleneck() -> None:
 
 def test_warm_start_begins_from_the_given_weights_and_records_them(tmp_path: Path) -> None:
     """init_from loads a checkpoint's weights before the first step, records its sha256, and survives a resume."""
-    from cldl.zoo import sha256_of
+    from cldl.registry import sha256_of
 
     first = tmp_path / "first"
     Trainer(_resume_config(epochs=1), first, Reporter("none")).run()

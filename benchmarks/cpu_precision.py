@@ -28,12 +28,12 @@ from _common import command_line, emit_result, machine_summary, peak_rss_mb, run
 from cldl.checkpoint import Checkpoint, save_checkpoint
 from cldl.data.phantoms import brats_phantom
 from cldl.data.preprocess import PreprocessConfig
-from cldl.infer import Predictor
-from cldl.metrics import dice
-from cldl.model import ModelConfig, UNetLDL, count_parameters
-from cldl.precision import cpu_has_native_bf16
+from cldl.evaluation.metrics import dice
+from cldl.inference.precision import cpu_has_native_bf16
+from cldl.inference.predictor import Predictor
+from cldl.method.network import ModelConfig, UNetLDL, count_parameters
+from cldl.registry import DEFAULT_MODEL, resolve_model
 from cldl.tasks import BRATS
-from cldl.zoo import DEFAULT_MODEL, resolve_model
 
 FULL = {"shape": (155, 240, 240), "width": 30, "window": 128}
 QUICK = {"shape": (40, 64, 56), "width": 4, "window": 32}

@@ -23,8 +23,8 @@ from pathlib import Path
 from _common import command_line, machine_summary
 
 from cldl.data.phantoms import brats_phantom, write_case
-from cldl.infer import Predictor
-from cldl.zoo import resolve_model
+from cldl.inference.predictor import Predictor
+from cldl.registry import resolve_model
 
 CLDL = [sys.executable, "-m", "cldl"]
 

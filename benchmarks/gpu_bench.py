@@ -33,8 +33,8 @@ from gpu_infer import infer_options
 from training_throughput import OPTION_KEYS, PLAIN_KEYS, configurations, run_ours, run_plain
 
 from cldl.data.phantoms import brats_phantom
-from cldl.infer import resolve_device
-from cldl.model import ModelConfig, UNetLDL, count_parameters
+from cldl.inference.predictor import resolve_device
+from cldl.method.network import ModelConfig, UNetLDL, count_parameters
 
 
 def _reset_peak(device: torch.device) -> None:

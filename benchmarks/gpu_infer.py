@@ -19,8 +19,8 @@ from _common import peak_rss_mb
 
 from cldl.checkpoint import Checkpoint
 from cldl.data.preprocess import PreprocessConfig, preprocess
-from cldl.infer import Predictor
-from cldl.model import ModelConfig, UNetLDL
+from cldl.inference.predictor import Predictor
+from cldl.method.network import ModelConfig, UNetLDL
 from cldl.tasks import BRATS
 
 BASELINE: dict[str, Any] = {"normalise_on_device": False}

@@ -30,8 +30,8 @@ from _common import command_line, emit_result, machine_summary, peak_rss_mb, run
 from cldl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from cldl.data.phantoms import brats_phantom
 from cldl.data.preprocess import PreprocessConfig
-from cldl.infer import DEFAULT_OVERLAP, Predictor
-from cldl.model import ModelConfig, UNetLDL, count_parameters
+from cldl.inference.predictor import DEFAULT_OVERLAP, Predictor
+from cldl.method.network import ModelConfig, UNetLDL, count_parameters
 from cldl.tasks import BRATS
 
 FULL = {"shape": (155, 240, 240), "width": 30, "window": 128}
@@ -103,7 +103,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def demo_comparison(cases: int, overlap: float) -> list[dict]:
     """Trained demo model: ours vs MONAI on fresh 96^3 phantoms (labels and Dice against the truth)."""
-    from cldl.zoo import PHANTOM_MODEL, resolve_model
+    from cldl.registry import PHANTOM_MODEL, resolve_model
 
     predictor = Predictor(resolve_model(PHANTOM_MODEL), device="cpu", overlap=overlap, precision="fp32")
     rows = []

@@ -19,9 +19,9 @@ import torch
 from _common import command_line, machine_summary
 
 from cldl.data.phantoms import brats_phantom
-from cldl.infer import Predictor
-from cldl.metrics import dice
-from cldl.zoo import PHANTOM_MODEL, resolve_model
+from cldl.evaluation.metrics import dice
+from cldl.inference.predictor import Predictor
+from cldl.registry import PHANTOM_MODEL, resolve_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Cost of verified reads (issue 15) on a BraTS-sized case: 4 modalities of 240 x 240 x 155 voxels, .nii.gz.
 
-Compares, in the same process and alternating, reading the four files as ``cldl.io.read_channels`` does now (one
-decompression with the gzip checksum and length checked, NaN/Inf counted on the same array) with the read before
+Compares, in the same process and alternating, reading the four files as ``cldl.files.images.read_channels`` does now
+(one decompression with the gzip checksum and length checked, NaN/Inf counted on the same array) with the read before
 the check (ITK's reader; for float files the NaN/Inf count re-read the file with nibabel, as the engine did), and
 reports the median of ``--repeats`` rounds. Files are float32 (35.7 MB each decompressed, as in the issue) and
 int16 (BraTS's own type).
@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from _common import command_line, machine_summary
 
 from cldl.data.phantoms import brats_phantom
-from cldl.io import read_channels, write_image
+from cldl.files.images import read_channels, write_image
 
 SHAPE = (155, 240, 240)
 

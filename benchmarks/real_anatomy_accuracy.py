@@ -34,9 +34,9 @@ from _common import command_line, machine_summary
 from scipy import ndimage
 
 from cldl.data.anatomy import REALISTIC, AnatomyConfig, anatomy_case, load_t1_anatomy
-from cldl.infer import Predictor
-from cldl.metrics import calibration, region_metrics, summarize
-from cldl.zoo import DEFAULT_MODEL, resolve_model
+from cldl.evaluation.metrics import calibration, region_metrics, summarize
+from cldl.inference.predictor import Predictor
+from cldl.registry import DEFAULT_MODEL, resolve_model
 
 COLIN27 = Path("/usr/share/mricron/templates/ch2bet.nii.gz")
 # Colin27 is a real, already skull-stripped brain: no deformation beyond a mild one, no random contrasts.

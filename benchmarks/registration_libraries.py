@@ -34,7 +34,7 @@ def _cases(count: int, max_deg: float, max_mm: float):
     """The fixed image, brain points and ``count`` (moved image, true motion) pairs."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from cldl.data.raw_scans import Acquisition, acquire, head_motion, scanner_grid
-    from cldl.io import read_image
+    from cldl.files.images import read_image
 
     head, geometry = read_image(COLIN / "ch2.nii.gz", np.float32)
     brain, _ = read_image(COLIN / "ch2bet.nii.gz", np.float32)

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from _common import command_line, machine_summary
 from scipy.stats import rankdata
 
-from cldl.infer import Predictor
-from cldl.zoo import PHANTOM_MODEL, resolve_model
+from cldl.inference.predictor import Predictor
+from cldl.registry import PHANTOM_MODEL, resolve_model
 
 PURE = 0.99
 BINS = 10

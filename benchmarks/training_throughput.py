@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from _common import command_line, emit_result, machine_summary, peak_rss_mb, run_child
 
-from cldl.curriculum import Curriculum, region_sizes
 from cldl.data.augment import PlannedBatch
-from cldl.distributions import rldl_targets
 from cldl.events import Reporter
-from cldl.losses import LossConfig, cldl_loss
-from cldl.model import ModelConfig, UNetLDL, count_parameters
+from cldl.method.curriculum import Curriculum, region_sizes
+from cldl.method.distributions import rldl_targets
+from cldl.method.losses import LossConfig, cldl_loss
+from cldl.method.network import ModelConfig, UNetLDL, count_parameters
 from cldl.train import PatchSampler, TrainConfig, Trainer, adam_options
 
 OPTION_KEYS = ("augment_on", "adam", "channels_last", "compile_model", "compile_loss")
@@ -178,7 +178,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_plain(args: argparse.Namespace) -> dict[str, Any]:
     """Time a plain loop on one fixed batch already on the device."""
-    from cldl.infer import resolve_device
+    from cldl.inference.predictor import resolve_device
 
     device = resolve_device(args.device)
     if device.type == "cuda":
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         emit_result(run_ours(args) if args.child == "ours" else run_plain(args))
         return 0
-    from cldl.infer import resolve_device
+    from cldl.inference.predictor import resolve_device
 
     device_type = resolve_device(args.device).type
     rows = configurations(device_type, args.compile)

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_path
 from .checkpoint_header import FORMAT, FORMAT_VERSION, MAX_PATCH, MIN_PATCH
 from .data.preprocess import PreprocessConfig
-from .model import ModelConfig, UNetLDL
+from .files.atomic_writes import atomic_path
+from .method.network import ModelConfig, UNetLDL
 from .tasks import Task
 
 __all__ = [

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import __version__, defaults
-from .atomic import FileState
 from .events import PROGRESS_MODES, Reporter
+from .files.atomic_writes import FileState
 from .prepare.commands import add_prepare_options
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -507,9 +507,10 @@ def _error_line(reporter: Reporter, message: str) -> None:
 
 def _check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> dict[Path, FileState]:
     """Refuse outputs that would replace an input, collide, exist (without overwrite) or cannot be written; returns
-    their state now, which the final move checks (:mod:`cldl.atomic`: nothing that appears meanwhile is replaced)."""
-    from .atomic import file_states
-    from .io import IMAGE_SUFFIXES, ensure_writable, is_image_path
+    their state now, which the final move checks (:mod:`cldl.files.atomic_writes`: nothing that appears meanwhile is
+    replaced)."""
+    from .files.atomic_writes import file_states
+    from .files.images import IMAGE_SUFFIXES, ensure_writable, is_image_path
 
     resolved_inputs = {p.resolve() for p in inputs}
     seen: set[Path] = set()
@@ -532,15 +533,15 @@ def _check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> 
 
 def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl segment``."""
-    from .atomic import atomic_outputs
     from .checkpoint import check_task
-    from .confidence import confidence_lines, segment_confidence
-    from .infer import Predictor
-    from .io import check_input_path, set_max_image_gb, write_labels, write_unit_interval
+    from .files.atomic_writes import atomic_outputs
+    from .files.images import check_input_path, set_max_image_gb, write_labels, write_unit_interval
+    from .inference.confidence import confidence_lines, segment_confidence
+    from .inference.predictor import Predictor
+    from .inference.region_maps import stage_map_files, write_stage_maps
     from .prepare.commands import brain_mask_on_reference, predict_prepared
-    from .stage_maps import stage_map_files, write_stage_maps
+    from .registry import DEFAULT_MODEL, resolve_model
     from .tasks import get_task
-    from .zoo import DEFAULT_MODEL, resolve_model
 
     set_max_image_gb(args.max_image_gb)
     folder_mode = len(args.images) == 1 and _is_dataset_folder(args.images[0])
@@ -635,7 +636,7 @@ def _is_dataset_folder(path: Path) -> bool:
 
 def _segment_folder(args: argparse.Namespace, predictor: object, reporter: Reporter, started: float) -> int:
     """``cldl segment -i DATASET_DIR -o OUTPUT_DIR``: every case, resumable; exit 1 if a case failed."""
-    from .batch import FolderOutputs, segment_folder
+    from .inference.folder import FolderOutputs, segment_folder
 
     outputs = FolderOutputs(args.output, args.uncertainty, args.probabilities, args.ldl_maps)
     summary = segment_folder(
@@ -721,10 +722,10 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
 
 def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl evaluate``."""
-    from .atomic import atomic_outputs
-    from .evaluation import conventions, evaluate_folders_or_files, markdown_table, write_csv
-    from .io import check_input_path, set_max_image_gb
-    from .metrics import summarize
+    from .evaluation.metrics import summarize
+    from .evaluation.reports import conventions, evaluate_folders_or_files, markdown_table, write_csv
+    from .files.atomic_writes import atomic_outputs
+    from .files.images import check_input_path, set_max_image_gb
     from .tasks import get_task
 
     set_max_image_gb(args.max_image_gb)
@@ -799,8 +800,8 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
 def _check_report_paths(outputs: list[Path], inputs: list[Path], overwrite: bool) -> dict[Path, FileState]:
     """Refuse report files that would replace an input or an existing file (without --overwrite); returns their
     state now, which the final move checks."""
-    from .atomic import file_states
-    from .io import ensure_writable
+    from .files.atomic_writes import file_states
+    from .files.images import ensure_writable
 
     protected = {p.resolve() for p in inputs}
     for path in outputs:
@@ -939,7 +940,7 @@ def cmd_sample(args: argparse.Namespace, reporter: Reporter) -> int:
 
 def cmd_models(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl models list``."""
-    from .zoo import list_models
+    from .registry import list_models
 
     for row in list_models():
         state = "available" if row["available"] else "not downloaded"
@@ -1021,8 +1022,8 @@ def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> int:
 
 def cmd_ablate(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl ablate``: the evidence study."""
-    from .ablation import Study, run_study
     from .distributed import StopSignals
+    from .study.runner import Study, run_study
 
     if not args.config.is_file():
         raise FileNotFoundError(f"{args.config}: no such study config")

@@ -9,15 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_outputs
-from .confidence import segment_confidence
 from .data.anatomy import REALISTIC, anatomy_case
 from .data.phantoms import brats_phantom, write_case
+from .evaluation.metrics import region_metrics, summarize
 from .events import Reporter
-from .infer import Predictor
-from .io import write_image, write_unit_interval
-from .metrics import region_metrics, summarize
-from .zoo import DEFAULT_MODEL, PHANTOM_MODEL, resolve_model
+from .files.atomic_writes import atomic_outputs
+from .files.images import write_image, write_unit_interval
+from .inference.confidence import segment_confidence
+from .inference.predictor import Predictor
+from .registry import DEFAULT_MODEL, PHANTOM_MODEL, resolve_model
 
 DEMO_SHAPE = (96, 96, 96)
 

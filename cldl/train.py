@@ -28,7 +28,6 @@ import torch
 
 from . import __version__, defaults
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .curriculum import Curriculum, region_sizes
 from .data.augment import PlannedBatch, PlannedPatch, draw_intensity, source_region, spatial_matrix
 from .data.augment import preset as augment_preset
 from .data.cache import open_cache
@@ -45,14 +44,15 @@ from .distributed import (
     mean_over_ranks,
     shutdown,
 )
-from .distributions import gaussian_label_distribution, rldl_targets
-from .evaluation import relabel_small_et
+from .evaluation.metrics import EMPTY_RULES, dice
+from .evaluation.reports import relabel_small_et
 from .events import Reporter
-from .infer import sliding_window_probabilities
-from .losses import LossConfig, cldl_loss
-from .metrics import EMPTY_RULES, dice
-from .model import ModelConfig, UNetLDL, count_parameters
-from .precision import autocast_dtype, cpu_has_native_bf16
+from .inference.precision import autocast_dtype, cpu_has_native_bf16
+from .inference.predictor import sliding_window_probabilities
+from .method.curriculum import Curriculum, region_sizes
+from .method.distributions import gaussian_label_distribution, rldl_targets
+from .method.losses import LossConfig, cldl_loss
+from .method.network import ModelConfig, UNetLDL, count_parameters
 from .prefetch import BatchPrefetcher
 from .tasks import Task, get_task
 
@@ -958,7 +958,7 @@ class Trainer:
 
 def warm_start(model: UNetLDL, name_or_path: str, task: Task, model_config: ModelConfig) -> dict[str, Any]:
     """Load the weights of a model name or checkpoint into ``model``; returns where they came from (provenance)."""
-    from .zoo import resolve_model, sha256_of
+    from .registry import resolve_model, sha256_of
 
     path = resolve_model(name_or_path)
     saved = load_checkpoint(path)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from cldl.checkpoint import load_checkpoint, save_checkpoint
-from cldl.zoo import sha256_of
+from cldl.registry import sha256_of
 
 
 def export(source: Path, target: Path, note: str | None = None) -> str:

@@ -41,8 +41,8 @@ class ModelInfo:
 
 def registryModels() -> list[ModelInfo]:
     """The engine's registered models (bundled or downloadable), no torch needed."""
+    from cldl.registry import list_models
     from cldl.tasks import get_task
-    from cldl.zoo import list_models
 
     models = []
     for row in list_models():
@@ -197,7 +197,7 @@ def rememberCheckpoint(stored: Any, path: str | Path) -> list[str]:
 
 def defaultModel() -> str:
     """The engine registry's default model (never hard-coded in the modules)."""
-    from cldl.zoo import DEFAULT_MODEL
+    from cldl.registry import DEFAULT_MODEL
 
     return DEFAULT_MODEL
 

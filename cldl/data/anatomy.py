@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io import Geometry
+from ..files.images import Geometry
 from ..tasks import BRATS
 from .phantoms import PhantomCase
 

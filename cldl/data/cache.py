@@ -5,8 +5,8 @@ preprocessing parameters, the task's modalities and label values, how the case's
 map) and each file's resolved path, size and modification time. Changing any of them gives a new entry, so an entry
 is never stale; old entries are simply no longer used (delete the folder to reclaim the space).
 
-Entries are written to a temporary folder and renamed into place (:mod:`cldl.atomic`), so concurrent writers
-(several training processes) and interrupted runs never leave a half-written entry. The arrays are opened with
+Entries are written to a temporary folder and renamed into place (:mod:`cldl.files.atomic_writes`), so concurrent
+writers (several training processes) and interrupted runs never leave a half-written entry. The arrays are opened with
 ``np.load(mmap_mode="c")``: the operating system keeps them in its page cache, so after the first epoch (and in
 later runs) reading a case costs what reading memory costs, and training sets larger than memory still work.
 
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_path
-from ..io import Geometry
+from ..files.atomic_writes import atomic_path
+from ..files.images import Geometry
 from ..tasks import Task
 from .datasets import CaseFiles, load_case
 from .preprocess import Orientation, PreprocessConfig, Preprocessed

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import (
+from ..files.images import (
     SEG_SUFFIX,
     Geometry,
     ImageError,

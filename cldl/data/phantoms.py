@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cldl.io import Geometry, write_image
+from cldl.files.images import Geometry, write_image
 from cldl.tasks import BRATS, MMWHS_CT
 
 Shape = tuple[int, int, int]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import Geometry, GeometryWarning, overlap_fraction, resample, resample_vector, vector_image
+from ..files.images import Geometry, GeometryWarning, overlap_fraction, resample, resample_vector, vector_image
 
 
 class InputError(ValueError):

@@ -38,7 +38,7 @@ def add_prepare_options(parser: argparse.ArgumentParser) -> None:
 def _task(model: str | None) -> Any:
     """The task of a model name or checkpoint (default: the default model's)."""
     from ..checkpoint import load_checkpoint
-    from ..zoo import DEFAULT_MODEL, resolve_model
+    from ..registry import DEFAULT_MODEL, resolve_model
 
     return load_checkpoint(resolve_model(model or DEFAULT_MODEL)).task
 
@@ -137,7 +137,7 @@ def predict_prepared(
 def brain_mask_on_reference(case: Any) -> Any:
     """The prepared case's brain mask on the reference's original grid (uint8: linear interpolation >= 0.5), or
     None if it was not skull-stripped."""
-    from ..io import resample
+    from ..files.images import resample
 
     if case.brain is None:
         return None

@@ -22,10 +22,18 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..atomic import StagedOutputs, atomic_outputs
-from ..distributions import UNCERTAINTY_MAPS
-from ..io import Geometry, ImageError, overlap_fraction, read_image, resample_vector, vector_image, write_image
-from ..stage_maps import StageMaps
+from ..files.atomic_writes import StagedOutputs, atomic_outputs
+from ..files.images import (
+    Geometry,
+    ImageError,
+    overlap_fraction,
+    read_image,
+    resample_vector,
+    vector_image,
+    write_image,
+)
+from ..inference.region_maps import StageMaps
+from ..method.distributions import UNCERTAINTY_MAPS
 from ..tasks import MODALITY_ALIASES, Task
 from .brain_mask import brain_mask, extend_over_edema, looks_skull_stripped
 from .commands import SKULL_STRIP_CHOICES, reference_modality
@@ -217,7 +225,7 @@ def _ml(mask: np.ndarray) -> float:
 
 def _cancelled() -> RuntimeError:
     """The engine's cancellation error."""
-    from ..infer import Cancelled
+    from ..inference.predictor import Cancelled
 
     return Cancelled("cancelled")
 
@@ -330,10 +338,11 @@ def _edges(image: np.ndarray) -> np.ndarray:
 
 
 def prediction_on_grid(prediction: Any, source: Geometry, target: Geometry, task: Task, uncertainty: str) -> Any:
-    """A :class:`cldl.infer.Prediction` made on ``source`` (with its probabilities) resampled onto ``target``:
+    """A :class:`cldl.inference.predictor.Prediction` made on ``source`` (with its probabilities) resampled onto
+    ``target``:
     probabilities linearly (background 1 outside ``source``), then the argmax, uncertainty and near ties there;
     region maps follow through :class:`ResampledStageMaps`."""
-    from ..infer import Prediction, near_tie
+    from ..inference.predictor import Prediction, near_tie
 
     if prediction.probabilities is None:
         raise ValueError("prediction_on_grid needs the prediction's probabilities")

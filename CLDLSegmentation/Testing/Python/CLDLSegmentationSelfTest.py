@@ -38,7 +38,7 @@ class CLDLSegmentationSelfTest(slicer.ScriptedLoadableModule.ScriptedLoadableMod
     def test_segment_phantom_blocking(self):
         import numpy as np
 
-        from cldl.zoo import PHANTOM_MODEL
+        from cldl.registry import PHANTOM_MODEL
 
         self.delayDisplay("Segmenting a phantom with the phantom model (CPU)")
         volumes, case = self._phantom()
@@ -85,7 +85,7 @@ class CLDLSegmentationSelfTest(slicer.ScriptedLoadableModule.ScriptedLoadableMod
 
     def test_segment_loaded_cases(self):
         from cldl.data.phantoms import brats_phantom, write_case
-        from cldl.zoo import PHANTOM_MODEL
+        from cldl.registry import PHANTOM_MODEL
 
         self.delayDisplay("Segmenting two loaded cases in a row (CPU)")
         folder = Path(slicer.util.tempDirectory("CLDLCases"))

@@ -4,8 +4,8 @@
 writes ``OUTPUT_DIR/<case>.nii.gz`` per case (and, when asked, ``<case>.nii.gz`` in the uncertainty and probability
 folders, and the region maps of ``--ldl-maps DIR`` into ``DIR/<case>/``, named as one case's ``--ldl-maps`` names
 them, plus ``ldl_maps.json`` listing them). A case counts as finished when every requested output of it exists:
-outputs are written together and atomically (:mod:`cldl.atomic`), so an existing file is a complete one, and the
-region maps' list is renamed into place after the maps it lists; a re-run skips finished cases. Every case is
+outputs are written together and atomically (:mod:`cldl.files.atomic_writes`), so an existing file is a complete one,
+and the region maps' list is renamed into place after the maps it lists; a re-run skips finished cases. Every case is
 checked first: one missing a modality is reported before the others are segmented; a case that cannot be read or
 segmented is reported and the others go on; the command then exits 1.
 """
@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import FileState, atomic_outputs, file_states
-from .data.datasets import CaseFiles, detect_dataset, discover_cases, read_case
-from .events import Reporter
-from .infer import Prediction, Predictor
-from .io import Geometry, write_labels, write_unit_interval
-from .stage_maps import write_stage_maps
+from ..data.datasets import CaseFiles, detect_dataset, discover_cases, read_case
+from ..events import Reporter
+from ..files.atomic_writes import FileState, atomic_outputs, file_states
+from ..files.images import Geometry, write_labels, write_unit_interval
+from .predictor import Prediction, Predictor
+from .region_maps import write_stage_maps
 
 CASE_ERRORS = (ValueError, OSError, RuntimeError)
 MAPS_LIST = "ldl_maps.json"  # in each case's region-map folder: the maps it holds, written after them
@@ -79,7 +79,7 @@ def _read(
     on (the same); with ``prepare`` (reference, skull stripping): the prepared images on their 1 mm grid, and the
     reference sequence's original grid for the outputs."""
     if prepare is not None:
-        from .prepare.pipeline import PrepareError, prepare_case
+        from ..prepare.pipeline import PrepareError, prepare_case
 
         if case.channels is not None:
             raise PrepareError(f"case {case.case_id}: --prepare needs one file per sequence, not one 4D image")
@@ -99,7 +99,8 @@ def _write_case(
     case_id: str,
     expected: dict[Path, FileState] | None = None,
 ) -> None:
-    """Write every output of one case, all or none (see :mod:`cldl.atomic`; ``expected``: the state of its files
+    """Write every output of one case, all or none (see :mod:`cldl.files.atomic_writes`; ``expected``: the state of its
+    files
     when the run started, so that none that appeared meanwhile is replaced)."""
     targets = outputs.files(case_id)
     maps = outputs.maps_folder(case_id)
@@ -170,7 +171,7 @@ def segment_folder(
                     stage_maps=ldl_interpolation if outputs.ldl_maps is not None else None,
                 )
                 if prepare is not None:
-                    from .prepare.pipeline import prediction_on_grid
+                    from ..prepare.pipeline import prediction_on_grid
 
                     prediction = prediction_on_grid(prediction, geometry, output_geometry, predictor.task, uncertainty)
                 _write_case(predictor, prediction, output_geometry, outputs, case.case_id, expected)

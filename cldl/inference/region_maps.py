@@ -27,11 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import StagedOutputs
-from .data.preprocess import Preprocessed, crop_geometry
-from .distributions import normalized_entropy
-from .io import Geometry, resample_vector, vector_image, write_unit_interval
-from .tasks import Task
+from ..data.preprocess import Preprocessed, crop_geometry
+from ..files.atomic_writes import StagedOutputs
+from ..files.images import Geometry, resample_vector, vector_image, write_unit_interval
+from ..method.distributions import normalized_entropy
+from ..tasks import Task
 
 INTERPOLATIONS = ("nearest", "linear")
 

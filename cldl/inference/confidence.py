@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .infer import NEAR_TIE, Prediction
-from .io import Geometry
-from .tasks import Task
+from ..files.images import Geometry
+from ..tasks import Task
+from .predictor import NEAR_TIE, Prediction
 
 UNCERTAIN_THRESHOLD = 0.5
 """A voxel whose uncertainty map value (normalised entropy or 1 - max probability) exceeds this is uncertain."""

@@ -2,7 +2,7 @@
 
 * ``cases.csv``: one row per variant, seed and test case with every metric;
 * ``results.csv`` / ``results.json``: per variant and metric the mean +- sd over seeds (of the per-seed means over
-  the test cases) and, against the baseline, the paired per-case comparison (:mod:`cldl.ablation_stats`);
+  the test cases) and, against the baseline, the paired per-case comparison (:mod:`cldl.study.statistics`);
 * ``figures/metrics.png`` (bars: mean over seeds, error bars: sd), ``figures/reliability.png`` (accuracy against
   confidence over the brain voxels of all test cases and seeds), ``figures/qualitative.png`` (one axial slice of the
   first test case: image, reference and each variant's first-seed prediction).
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .ablation_stats import paired_comparison, seed_summary
-from .atomic import atomic_path
+from ..files.atomic_writes import atomic_path
+from .statistics import paired_comparison, seed_summary
 
 TABLE_FIELDS = ("variant", "metric", "mean", "std", "n_seeds", "mean_diff", "p_value", "rank_biserial", "n_pairs")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .defaults import CURRICULUM_MODES
+from ..defaults import CURRICULUM_MODES
 
 
 def region_sizes(ldl_stages: int = 3, down_scale: int = 2) -> tuple[int, ...]:

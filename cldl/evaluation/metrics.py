@@ -1,9 +1,9 @@
 """Segmentation metrics: Dice, HD95, ASSD, sensitivity and specificity, per task region, per case and summarised.
 
 All functions take boolean (or 0/non-0) numpy arrays of the same shape and a voxel ``spacing`` in array axis order
-(``Geometry.spacing_zyx`` for arrays read with :func:`cldl.io.read_image`); distances are in the unit of the spacing
-(mm). Surface distances follow ``medpy.metric.binary`` exactly: the border of a mask is the set of its voxels that
-have a face neighbour (6-connectivity in 3D) outside the mask, the image edge counting as outside; the distance
+(``Geometry.spacing_zyx`` for arrays read with :func:`cldl.files.images.read_image`); distances are in the unit of the
+spacing (mm). Surface distances follow ``medpy.metric.binary`` exactly: the border of a mask is the set of its voxels
+that have a face neighbour (6-connectivity in 3D) outside the mask, the image edge counting as outside; the distance
 from a border voxel to the other mask is the exact Euclidean distance (anisotropic spacing honoured) to the nearest
 border voxel of the other mask, computed in float64 by a separable exact distance transform (no scipy needed).
 

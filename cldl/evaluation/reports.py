@@ -1,7 +1,7 @@
 """Evaluating files: case matching, per-case evaluation and the CSV / Markdown reports of ``cldl evaluate``.
 
-The metric functions live in :mod:`cldl.metrics`; this module finds the cases (two files, two folders, or a dataset
-folder as reference), reads them on one grid, applies the options of an evaluation (the empty-region rule, the
+The metric functions live in :mod:`cldl.evaluation.metrics`; this module finds the cases (two files, two folders, or a
+dataset folder as reference), reads them on one grid, applies the options of an evaluation (the empty-region rule, the
 enhancing-tumour post-processing) and writes the reports.
 """
 
@@ -18,19 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cldl.atomic import atomic_path
-from cldl.io import (
-    IMAGE_SUFFIXES,
-    SEG_SUFFIX,
-    Geometry,
-    is_image_path,
-    labels_on_grid,
-    read_channels,
-    read_image,
-    read_labels,
-    strip_image_suffix,
-)
-from cldl.metrics import (
+from cldl.evaluation.metrics import (
     ECE_BINS,
     QU_POINTS,
     binary_calibration,
@@ -40,6 +28,18 @@ from cldl.metrics import (
     qu_brats_score,
     region_metrics,
     uncertainty_percent,
+)
+from cldl.files.atomic_writes import atomic_path
+from cldl.files.images import (
+    IMAGE_SUFFIXES,
+    SEG_SUFFIX,
+    Geometry,
+    is_image_path,
+    labels_on_grid,
+    read_channels,
+    read_image,
+    read_labels,
+    strip_image_suffix,
 )
 from cldl.tasks import Task
 
@@ -106,7 +106,7 @@ def _read_classes(
     path: Path, task: Task, label_map: tuple[tuple[int, int], ...] = (), unknown: str = "error"
 ) -> tuple[np.ndarray, Geometry]:
     """Class indices of a label file (label image or .seg.nrrd), with an optional value map."""
-    from .data.datasets import map_label_values
+    from ..data.datasets import map_label_values
 
     try:
         labels, geometry = read_labels(path, task)
@@ -168,9 +168,10 @@ def evaluate_case(
     """Metrics of one case: overlap and distances per region; with probabilities, calibration (per region and
     multi-class as region ``"all"``); with an uncertainty map or probabilities, the QU-BraTS score per region.
 
-    ``empty``: the Dice of a region empty in both (:data:`cldl.metrics.EMPTY_RULES`); ``et_min_voxels`` > 0 applies
+    ``empty``: the Dice of a region empty in both (:data:`cldl.evaluation.metrics.EMPTY_RULES`); ``et_min_voxels`` > 0
+    applies
     :func:`relabel_small_et` to the prediction first; ``lesion_wise`` adds
-    :func:`cldl.metrics.lesion_wise_metrics` per region."""
+    :func:`cldl.evaluation.metrics.lesion_wise_metrics` per region."""
     pred_classes, pred_geometry = _read_classes(item.pred, task)
     ref_classes, ref_geometry = _read_classes(item.ref, task, item.label_map, item.unknown_labels)
     if not pred_geometry.matches(ref_geometry):  # Slicer crops a .seg.nrrd to its segments' extent
@@ -273,7 +274,7 @@ def _images_by_id(folder: Path, pattern: re.Pattern | None = None) -> dict[str, 
 def _references(ref: Path, task: Task) -> dict[str, tuple[Path, tuple[tuple[int, int], ...], str]]:
     """Reference label maps by case id: a dataset folder in any known layout (its label-value mapping applied,
     e.g. MSD -> BraTS), or a folder of label files."""
-    from .data.datasets import InputError, detect_dataset
+    from ..data.datasets import InputError, detect_dataset
 
     try:
         dataset = detect_dataset(ref, task)
@@ -314,7 +315,7 @@ def _masks(setting: str | Path | None, task: Task, ids: Sequence[str]) -> dict[s
     first modality's non-zero voxels are used (as the QU-BraTS evaluation does with the T1 image)."""
     if setting is None:
         return {}
-    from .data.datasets import InputError, detect_dataset
+    from ..data.datasets import InputError, detect_dataset
 
     path = Path(setting)
     if path.is_file():

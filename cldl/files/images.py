@@ -12,7 +12,7 @@ Writing keeps the geometry exactly: a NIfTI output written on the grid of a NIfT
 (qform/sform codes and values, so every reader places both identically), other outputs store the geometry in
 double precision. ``.seg.nrrd`` outputs carry segment names and colours (:func:`write_segmentation`).
 
-Every read checks that the file's image data is complete (:mod:`cldl.verify`; a truncated file is an ImageError
+Every read checks that the file's image data is complete (:mod:`cldl.files.integrity`; a truncated file is an ImageError
 that says how much of it is there), and every write goes to a temporary file that is checked and then renamed onto
 the target (:func:`image_output`), so an output is complete or absent.
 """
@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path, final_path
-from .defaults import MAX_IMAGE_GB
-from .verify import DamagedFileError, nifti_array, payload_problem, read_nifti_gz
+from ..defaults import MAX_IMAGE_GB
+from .atomic_writes import atomic_path, final_path
+from .integrity import DamagedFileError, nifti_array, payload_problem, read_nifti_gz
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .tasks import Task
+    from ..tasks import Task
 
 SEG_SUFFIX = ".seg.nrrd"
 IMAGE_SUFFIXES = (SEG_SUFFIX, ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -358,7 +358,7 @@ def _read_sitk(path: str | Path) -> sitk.Image:
 
 
 def _read_nifti_gz(path: Path) -> sitk.Image | None:
-    """A ``.nii.gz`` image from one verified decompression (:mod:`cldl.verify`), or None for layouts ITK reads
+    """A ``.nii.gz`` image from one verified decompression (:mod:`cldl.files.integrity`), or None for layouts ITK reads
     itself (vector, complex or RGB voxels)."""
     data, header = read_nifti_gz(path)
     array = None if header is None else nifti_array(data, header)
@@ -633,7 +633,8 @@ def ensure_writable(path: str | Path) -> None:
 
 @contextmanager
 def image_output(path: Path) -> Iterator[Path]:
-    """A temporary path for an image output (:func:`cldl.atomic.atomic_path`): renamed onto ``path`` once the
+    """A temporary path for an image output (:func:`cldl.files.atomic_writes.atomic_path`): renamed onto ``path`` once
+    the
     written file is checked complete, removed otherwise (ITK reports no error when a NIfTI write hits a full disk)."""
     target = final_path(path)  # the name the user gave, also when the caller staged the file
     with atomic_path(path) as tmp:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .distributions import smooth_distribution
-from .model import ModelOutput
+from .network import ModelOutput
 
 DICE_MODES = ("robust", "paper")
 

@@ -3,7 +3,7 @@
 Outputs live on the input grid: the label map in the task's original label values, the uncertainty map
 (normalised entropy or 1 - max probability, float16), the near-tie mask (the two most likely classes within
 ``NEAR_TIE`` of each other) and, on request, per-class probabilities (float16) and the LDL stages' region
-distributions (:mod:`cldl.stage_maps`).
+distributions (:mod:`cldl.inference.region_maps`).
 Probabilities are averaged over windows (and mirror flips with TTA) on the cropped foreground, then the
 argmax is taken; no float64 copy of a volume is ever made.
 """
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import Checkpoint, check_task, load_checkpoint
-from .data.datasets import check_mixups, check_modality_order
-from .data.preprocess import (
+from ..checkpoint import Checkpoint, check_task, load_checkpoint
+from ..data.datasets import check_mixups, check_modality_order
+from ..data.preprocess import (
     InputError,
     Preprocessed,
     input_grid_probabilities,
@@ -30,12 +30,12 @@ from .data.preprocess import (
     preprocess,
     stack_channels,
 )
-from .defaults import OVERLAP
-from .distributions import UNCERTAINTY_MAPS
-from .io import Geometry, read_channels
+from ..defaults import OVERLAP
+from ..files.images import Geometry, read_channels
+from ..method.distributions import UNCERTAINTY_MAPS
+from ..tasks import Task
 from .precision import autocast_dtype
-from .stage_maps import StageAccumulator, StageMaps, stage_maps_from
-from .tasks import Task
+from .region_maps import StageAccumulator, StageMaps, stage_maps_from
 
 ProgressFn = Callable[[int, int], None]
 
@@ -368,11 +368,11 @@ def sliding_window_outputs(
 ) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
     """Softmax of ``model``'s final head over a ``C x d x h x w`` volume by weighted sliding windows (float32) and,
     with ``stages``, each LDL stage's ``(region, K x grid)`` distribution stitched on its own grid (coarsest first;
-    :class:`cldl.stage_maps.StageAccumulator`), else an empty list.
+    :class:`cldl.inference.region_maps.StageAccumulator`), else an empty list.
 
     Volumes smaller than the window are padded evenly on both sides (with 0, or the volume's minimum for
     ``pad_value="min"``), so the windows of a mirrored volume are the mirrored windows. ``autocast`` runs the
-    network in that dtype (:func:`cldl.precision.autocast_dtype`); softmax and accumulation stay float32.
+    network in that dtype (:func:`cldl.inference.precision.autocast_dtype`); softmax and accumulation stay float32.
     ``channels_last`` feeds the network channels-last 3D batches; ``fixed_batch`` pads the last batch of windows to
     ``window_batch`` (repeating its last window) so that every call has the same shape (for compiled networks).
     """
@@ -456,7 +456,7 @@ def segment_files(
     **kwargs,
 ) -> tuple[Prediction, Geometry, Predictor]:
     """One-shot helper: resolve a model name or path, check the task, predict."""
-    from .zoo import resolve_model
+    from ..registry import resolve_model
 
     predictor = Predictor(resolve_model(model), **{k: v for k, v in kwargs.items() if k in _PREDICTOR_ARGS})
     if task is not None:

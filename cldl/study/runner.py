@@ -11,7 +11,7 @@ Layout of the output folder ``DIR``:
 * ``data/train``, ``data/test``, ``data/test_fractions``: the synthetic cases, written once (not with ``--data``);
 * ``runs/<variant>/seed<k>/``: the trainer's run folder plus ``result.json`` (per-case metrics, written atomically
   last: a run with it is finished and skipped) and ``qualitative.npz`` (one axial slice of the first test case);
-* ``results.csv``, ``results.json``, ``cases.csv`` and ``figures/`` (:mod:`cldl.ablation_report`).
+* ``results.csv``, ``results.json``, ``cases.csv`` and ``figures/`` (:mod:`cldl.study.report`).
 
 With ``--data`` the same study trains on a dataset folder and the test cases are the trainer's validation split
 (``val_fraction``, ``split_seed``); the last checkpoint (``last.pt``) is evaluated, never the one selected on the
@@ -33,18 +33,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_path
-from .checkpoint import load_checkpoint
-from .curriculum import region_sizes
-from .data.datasets import CaseFiles, discover_cases, load_case, split_cases
-from .data.preprocess import PreprocessConfig
-from .distributions import normalized_entropy
-from .events import Reporter
-from .infer import sliding_window_probabilities
-from .metrics import ECE_BINS, calibration, dice, qu_brats_score, region_metrics
-from .model import UNetLDL
-from .tasks import Task, get_task
-from .train import TrainConfig, Trainer, read_config_file
+from ..checkpoint import load_checkpoint
+from ..data.datasets import CaseFiles, discover_cases, load_case, split_cases
+from ..data.preprocess import PreprocessConfig
+from ..evaluation.metrics import ECE_BINS, calibration, dice, qu_brats_score, region_metrics
+from ..events import Reporter
+from ..files.atomic_writes import atomic_path
+from ..inference.predictor import sliding_window_probabilities
+from ..method.curriculum import region_sizes
+from ..method.distributions import normalized_entropy
+from ..method.network import UNetLDL
+from ..tasks import Task, get_task
+from ..train import TrainConfig, Trainer, read_config_file
 
 STUDY_KEYS = ("seeds", "baseline", "train", "variants", "synthetic", "evaluation")
 SYNTHETIC_DEFAULTS = {"train_seeds": [0, 16], "test_seeds": [50_000, 50_010], "anatomy": {}}
@@ -128,9 +128,9 @@ class EvalCase:
 
 def write_synthetic(study: Study, folder: Path, reporter: Reporter) -> tuple[Path, Path]:
     """Write the study's anatomy-based training and test cases once (complete cases are kept)."""
-    from .data.anatomy import AnatomyConfig, anatomy_case
-    from .data.phantoms import write_case
-    from .data.synth import case_complete, write_dataset
+    from ..data.anatomy import AnatomyConfig, anatomy_case
+    from ..data.phantoms import write_case
+    from ..data.synth import case_complete, write_dataset
 
     config = AnatomyConfig.from_dict(study.synthetic["anatomy"])
     train_dir, test_dir, fraction_dir = folder / "train", folder / "test", folder / "test_fractions"
@@ -303,7 +303,7 @@ def run_study(
 ) -> dict[str, Any]:
     """Train and evaluate the selected variants x seeds (finished runs are skipped, interrupted ones resumed),
     then write the tables and figures over every finished run in ``out``; returns a summary."""
-    from .ablation_report import write_report
+    from .report import write_report
 
     out, reporter = Path(out), reporter or Reporter("none")
     variants = only or list(study.variants)

@@ -1,0 +1,1 @@
+"""Evaluation: segmentation and calibration metrics, and the reports of ``cldl evaluate``."""

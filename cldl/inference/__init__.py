@@ -1,0 +1,1 @@
+"""Inference: the predictor, folder mode, region maps, confidence and numeric precision."""

@@ -1,0 +1,1 @@
+"""The CLDL method: the network, label distributions, the loss and the curriculum."""

@@ -1,0 +1,1 @@
+"""The ablation study: its runner, paired statistics and report."""
