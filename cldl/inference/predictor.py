@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import Checkpoint, check_task, load_checkpoint
+from ..checkpoint import Checkpoint, load_checkpoint
 from ..data.datasets import check_mixups, check_modality_order
 from ..data.preprocess import (
     InputError,
@@ -447,34 +447,3 @@ def _mirrored_softmax(
         total = outputs[0] if total is None else total.add_(outputs[0])
         stage_totals = outputs[1:] if not stage_totals else [t.add_(o) for t, o in zip(stage_totals, outputs[1:])]
     return total.div_(len(flips)), [t.div_(len(flips)) for t in stage_totals]
-
-
-def segment_files(
-    model: str | Path,
-    images: Sequence[str | Path],
-    task: Task | None = None,
-    **kwargs,
-) -> tuple[Prediction, Geometry, Predictor]:
-    """One-shot helper: resolve a model name or path, check the task, predict."""
-    from ..registry import resolve_model
-
-    predictor = Predictor(resolve_model(model), **{k: v for k, v in kwargs.items() if k in _PREDICTOR_ARGS})
-    if task is not None:
-        check_task(predictor.checkpoint, task)
-    predict_args = {k: v for k, v in kwargs.items() if k not in _PREDICTOR_ARGS}
-    prediction, geometry = predictor.predict_files(images, **predict_args)
-    return prediction, geometry, predictor
-
-
-_PREDICTOR_ARGS = (
-    "device",
-    "overlap",
-    "window_batch",
-    "tta",
-    "gaussian",
-    "memory_limit_gb",
-    "precision",
-    "channels_last",
-    "compile",
-    "normalise_on_device",
-)

@@ -1,0 +1,41 @@
+"""Kept for old import paths (``from cldl.infer import Predictor``): the predictor lives in :mod:`cldl.inference`."""
+
+from .inference.predictor import (
+    CPU_WINDOW_MEMORY_GB,
+    DEFAULT_OVERLAP,
+    MAX_WINDOW_FACTOR,
+    NEAR_TIE,
+    Cancelled,
+    Prediction,
+    Predictor,
+    check_window_count,
+    gaussian_importance,
+    memory_capped_window_batch,
+    near_tie,
+    resolve_device,
+    sliding_window_outputs,
+    sliding_window_probabilities,
+    window_count,
+    window_memory_bytes,
+    window_starts,
+)
+
+__all__ = [
+    "CPU_WINDOW_MEMORY_GB",
+    "DEFAULT_OVERLAP",
+    "MAX_WINDOW_FACTOR",
+    "NEAR_TIE",
+    "Cancelled",
+    "Prediction",
+    "Predictor",
+    "check_window_count",
+    "gaussian_importance",
+    "memory_capped_window_batch",
+    "near_tie",
+    "resolve_device",
+    "sliding_window_outputs",
+    "sliding_window_probabilities",
+    "window_count",
+    "window_memory_bytes",
+    "window_starts",
+]
