@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cldl.evaluation import metrics as M
+from cldl.evaluation import distances as M
 
 # ------------------------------------------------------------------------------------------- references
 

@@ -1,4 +1,4 @@
-"""Tests of cldl.evaluation.metrics, cross-checked against medpy.metric.binary and DeepMind's surface_distance."""
+"""Tests of cldl.evaluation.distances, cross-checked against medpy.metric.binary and DeepMind's surface_distance."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndimage  # noqa: E402  reference EDT for the tests only (a medpy dependency)
 
-from cldl.evaluation import metrics as M
+from cldl.evaluation import distances as M
 from cldl.evaluation import reports as E
 from cldl.files.images import Geometry, write_image
 from cldl.tasks import BINARY, BRATS, MMWHS_CT

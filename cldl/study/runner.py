@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..checkpoint import load_checkpoint
 from ..data.datasets import CaseFiles, discover_cases, load_case, split_cases
 from ..data.preprocess import PreprocessConfig
-from ..evaluation.metrics import ECE_BINS, calibration, dice, qu_brats_score, region_metrics
+from ..evaluation.distances import ECE_BINS, calibration, dice, qu_brats_score, region_metrics
 from ..events import Reporter
 from ..files.atomic_writes import atomic_path
 from ..inference.predictor import sliding_window_probabilities
