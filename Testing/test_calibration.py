@@ -6,7 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cldl.evaluation import distances as M
+from cldl.evaluation.calibration import (
+    ECE_BINS,
+    binary_calibration,
+    binary_entropy_uncertainty,
+    calibration,
+    expected_calibration_error,
+    qu_brats_score,
+    qu_brats_thresholds,
+    uncertainty_percent,
+)
+from cldl.evaluation.overlap import dice
 
 # ------------------------------------------------------------------------------------------- references
 
@@ -66,32 +76,32 @@ def test_ece_matches_the_reference(seed: int) -> None:
     confidence = rng.uniform(0, 1, 5000)
     confidence[:15] = np.arange(1, 16) / 15  # values on bin edges go to the lower bin
     correct = rng.uniform(size=5000) < confidence**1.5
-    assert M.expected_calibration_error(confidence, correct, 15) == pytest.approx(
+    assert expected_calibration_error(confidence, correct, 15) == pytest.approx(
         reference_ece(confidence, correct), abs=1e-12
     )
-    assert M.ECE_BINS == 15
+    assert ECE_BINS == 15
 
 
 def test_ece_hand_computed() -> None:
-    assert M.expected_calibration_error(np.ones(10), np.ones(10, bool)) == 0.0
-    assert M.expected_calibration_error(np.full(10, 0.9), np.ones(10, bool)) == pytest.approx(0.1)
+    assert expected_calibration_error(np.ones(10), np.ones(10, bool)) == 0.0
+    assert expected_calibration_error(np.full(10, 0.9), np.ones(10, bool)) == pytest.approx(0.1)
     conf = np.array([0.95, 0.95, 0.55, 0.55])
     hits = np.array([1, 1, 0, 1], bool)  # bins: |1 - 0.95| * 0.5 + |0.5 - 0.55| * 0.5
-    assert M.expected_calibration_error(conf, hits) == pytest.approx(0.05)
+    assert expected_calibration_error(conf, hits) == pytest.approx(0.05)
 
 
 def test_multiclass_calibration_and_brier() -> None:
     rng = np.random.default_rng(0)
     probabilities = rng.dirichlet(np.ones(4), size=(6, 7, 8)).transpose(3, 0, 1, 2)
     classes = rng.integers(0, 4, size=(6, 7, 8))
-    result = M.calibration(probabilities, classes)
+    result = calibration(probabilities, classes)
     onehot = np.eye(4)[classes].transpose(3, 0, 1, 2)
     assert result["brier"] == pytest.approx(np.mean(np.sum((probabilities - onehot) ** 2, axis=0)), abs=1e-12)
     conf, pred = probabilities.max(0).ravel(), probabilities.argmax(0).ravel()
     assert result["ece"] == pytest.approx(reference_ece(conf, pred == classes.ravel()), abs=1e-12)
     mask = np.zeros(classes.shape, bool)
     mask[1:4, 2:5, 3:7] = True
-    masked = M.calibration(probabilities, classes, mask)
+    masked = calibration(probabilities, classes, mask)
     assert masked["brier"] == pytest.approx(np.mean(np.sum((probabilities - onehot) ** 2, axis=0)[mask]), abs=1e-12)
 
 
@@ -99,11 +109,11 @@ def test_binary_calibration() -> None:
     rng = np.random.default_rng(1)
     p = rng.uniform(size=(5, 6, 7))
     truth = rng.uniform(size=p.shape) < p
-    result = M.binary_calibration(p, truth)
+    result = binary_calibration(p, truth)
     assert result["brier"] == pytest.approx(np.mean((p - truth) ** 2))
     conf = np.maximum(p, 1 - p).ravel()
     assert result["ece"] == pytest.approx(reference_ece(conf, ((p >= 0.5) == truth).ravel()), abs=1e-12)
-    assert M.binary_entropy_uncertainty(np.array([0.0, 0.5, 1.0])).tolist() == [0.0, 1.0, 0.0]
+    assert binary_entropy_uncertainty(np.array([0.0, 0.5, 1.0])).tolist() == [0.0, 1.0, 0.0]
 
 
 # ------------------------------------------------------------------------------------------- QU-BraTS
@@ -121,29 +131,29 @@ def test_qu_brats_score_matches_the_challenge_implementation(seed: int) -> None:
     uncertainty[0, 0, :5] = [0.0, 2.5, 50.0, 97.5, 100.0]  # values exactly on thresholds
     brain = np.zeros(shape, bool)
     brain[1:13, 1:15, 1:17] = True
-    ours = M.qu_brats_score(truth, pred, uncertainty, brain)
+    ours = qu_brats_score(truth, pred, uncertainty, brain)
     theirs = reference_qu_brats(truth, pred, uncertainty, brain)
     for key in theirs:
         assert ours[key] == pytest.approx(theirs[key], abs=1e-6), key
-    assert len(M.qu_brats_thresholds()) == 41  # 40 steps of 2.5 from 0 to 100
+    assert len(qu_brats_thresholds()) == 41  # 40 steps of 2.5 from 0 to 100
 
 
 def test_qu_brats_limits() -> None:
     truth = np.zeros((8, 8, 8), bool)
     truth[2:6, 2:6, 2:6] = True
     pred = np.roll(truth, 1, axis=0)
-    certain = M.qu_brats_score(truth, pred, np.zeros(truth.shape))
-    dice = M.dice(pred, truth)
-    assert certain["unc_auc_dice"] == pytest.approx(dice)  # nothing is ever filtered
+    certain = qu_brats_score(truth, pred, np.zeros(truth.shape))
+    expected_dice = dice(pred, truth)
+    assert certain["unc_auc_dice"] == pytest.approx(expected_dice)  # nothing is ever filtered
     assert certain["unc_auc_ftp"] == 0.0 and certain["unc_auc_ftn"] == 0.0
-    assert certain["unc_score"] == pytest.approx((dice + 2) / 3)
+    assert certain["unc_score"] == pytest.approx((expected_dice + 2) / 3)
     # uncertain exactly where the prediction is wrong: filtering improves the Dice, keeps TP and TN
     wrong = (truth ^ pred).astype(np.float32) * 100
-    informed = M.qu_brats_score(truth, pred, wrong)
+    informed = qu_brats_score(truth, pred, wrong)
     assert informed["unc_auc_dice"] > certain["unc_auc_dice"] and informed["unc_auc_ftp"] == 0.0
     assert informed["unc_score"] > certain["unc_score"]
 
 
 def test_uncertainty_scale() -> None:
-    np.testing.assert_allclose(M.uncertainty_percent(np.array([0.0, 0.25, 1.0])), [0, 25, 100])
-    np.testing.assert_allclose(M.uncertainty_percent(np.array([0.0, 40.0, 120.0])), [0, 40, 100])
+    np.testing.assert_allclose(uncertainty_percent(np.array([0.0, 0.25, 1.0])), [0, 25, 100])
+    np.testing.assert_allclose(uncertainty_percent(np.array([0.0, 40.0, 120.0])), [0, 40, 100])

@@ -13,7 +13,7 @@ from cldl.checkpoint import load_checkpoint
 from cldl.cli import main
 from cldl.data.anatomy import REALISTIC, anatomy_case
 from cldl.demo import evaluate_on_phantoms
-from cldl.evaluation.distances import dice
+from cldl.evaluation.overlap import dice
 from cldl.files.images import read_image
 from cldl.inference.predictor import Predictor
 from cldl.registry import ANATOMY_MODEL, BUNDLED_DIR, DEFAULT_MODEL, PHANTOM_MODEL, REGISTRY, resolve_model, sha256_of

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cldl.evaluation.distances import LESION_HD95_PENALTY, _min_cost_assignment, lesion_wise_metrics
+from cldl.evaluation.lesions import LESION_HD95_PENALTY, _min_cost_assignment, lesion_wise_metrics
 from cldl.evaluation.reports import evaluate_folders_or_files
 from cldl.tasks import get_task
 

@@ -1,4 +1,4 @@
-"""Tests of cldl.evaluation.distances, cross-checked against medpy.metric.binary and DeepMind's surface_distance."""
+"""Tests of the cldl.evaluation metrics, cross-checked against medpy.metric.binary and DeepMind's surface_distance."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndimage  # noqa: E402  reference EDT for the tests only (a medpy dependency)
 
-from cldl.evaluation import distances as M
 from cldl.evaluation import reports as E
+from cldl.evaluation.distances import _squared_edt, assd, hd95, surface_distances
+from cldl.evaluation.overlap import METRICS, dice, sensitivity, specificity
+from cldl.evaluation.regions import region_metrics, summarize
 from cldl.files.images import Geometry, write_image
 from cldl.tasks import BINARY, BRATS, MMWHS_CT
 
@@ -47,7 +49,7 @@ def test_exact_edt_matches_scipy(shape: tuple[int, ...], spacing: tuple[float, .
     for density in (0.001, 0.02, 0.4):
         features = rng.random(shape) < density
         features.flat[rng.integers(features.size)] = True
-        ours = M._squared_edt(features, spacing)
+        ours = _squared_edt(features, spacing)
         expected = ndimage.distance_transform_edt(~features, sampling=spacing) ** 2
         assert ours.dtype == np.float64
         np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-9)
@@ -62,12 +64,12 @@ def test_binary_metrics_match_medpy(shape: tuple[int, ...], spacing: tuple[float
     for fills in ((0.05, 0.08), (0.2, 0.3), (0.01, 0.4)):
         pred, ref = blob(shape, rng, fills[0]), blob(shape, rng, fills[1])
         assert pred.any() and ref.any() and not np.array_equal(pred, ref)
-        assert M.dice(pred, ref) == pytest.approx(medpy_binary.dc(pred, ref), abs=1e-6)
-        assert M.hd95(pred, ref, spacing) == pytest.approx(medpy_binary.hd95(pred, ref, spacing), abs=1e-6)
-        assert M.assd(pred, ref, spacing) == pytest.approx(medpy_binary.assd(pred, ref, spacing), abs=1e-6)
-        assert M.sensitivity(pred, ref) == pytest.approx(medpy_binary.sensitivity(pred, ref), abs=1e-6)
-        assert M.specificity(pred, ref) == pytest.approx(medpy_binary.specificity(pred, ref), abs=1e-6)
-        d_pr, d_rp = M.surface_distances(pred, ref, spacing)
+        assert dice(pred, ref) == pytest.approx(medpy_binary.dc(pred, ref), abs=1e-6)
+        assert hd95(pred, ref, spacing) == pytest.approx(medpy_binary.hd95(pred, ref, spacing), abs=1e-6)
+        assert assd(pred, ref, spacing) == pytest.approx(medpy_binary.assd(pred, ref, spacing), abs=1e-6)
+        assert sensitivity(pred, ref) == pytest.approx(medpy_binary.sensitivity(pred, ref), abs=1e-6)
+        assert specificity(pred, ref) == pytest.approx(medpy_binary.specificity(pred, ref), abs=1e-6)
+        d_pr, d_rp = surface_distances(pred, ref, spacing)
         np.testing.assert_allclose(np.sort(d_pr), np.sort(medpy_surface_distances(pred, ref, spacing)), atol=1e-9)
         np.testing.assert_allclose(np.sort(d_rp), np.sort(medpy_surface_distances(ref, pred, spacing)), atol=1e-9)
 
@@ -80,9 +82,9 @@ def test_masks_touching_the_image_edge_match_medpy() -> None:
     pred[:, :12, 3:] = True
     ref[2:, 5:, :] = True
     ref[4, 8, 7] = False  # a hole: its six neighbours are border voxels
-    assert M.hd95(pred, ref, spacing) == pytest.approx(medpy_binary.hd95(pred, ref, spacing), abs=1e-6)
-    assert M.assd(pred, ref, spacing) == pytest.approx(medpy_binary.assd(pred, ref, spacing), abs=1e-6)
-    assert M.assd(pred, ref, spacing) > 0
+    assert hd95(pred, ref, spacing) == pytest.approx(medpy_binary.hd95(pred, ref, spacing), abs=1e-6)
+    assert assd(pred, ref, spacing) == pytest.approx(medpy_binary.assd(pred, ref, spacing), abs=1e-6)
+    assert assd(pred, ref, spacing) > 0
 
 
 def test_hand_computed_distances_and_pooled_assd() -> None:
@@ -91,17 +93,17 @@ def test_hand_computed_distances_and_pooled_assd() -> None:
     pred = np.zeros_like(ref)
     ref[4, 4, 2] = True
     pred[4, 4, 5] = True  # 3 voxels away along x, spacing 2 mm
-    assert M.hd95(pred, ref, spacing) == pytest.approx(6.0)
-    assert M.assd(pred, ref, spacing) == pytest.approx(6.0)
+    assert hd95(pred, ref, spacing) == pytest.approx(6.0)
+    assert assd(pred, ref, spacing) == pytest.approx(6.0)
     # asymmetric case: pooled ASSD (medpy >= 0.5) differs from the mean of the directed means
     pred[4, 4, 2:6] = True  # a 4-voxel bar; distances to ref: 0, 2, 4, 6 mm; ref to pred: 0
-    d_pr, d_rp = M.surface_distances(pred, ref, spacing)
+    d_pr, d_rp = surface_distances(pred, ref, spacing)
     np.testing.assert_allclose(np.sort(d_pr), [0.0, 2.0, 4.0, 6.0])
     np.testing.assert_allclose(d_rp, [0.0])
-    assert M.assd(pred, ref, spacing) == pytest.approx(12.0 / 5.0)
-    assert M.assd(pred, ref, spacing) != pytest.approx((3.0 + 0.0) / 2.0)
-    assert M.hd95(pred, ref, spacing) == pytest.approx(np.percentile([0, 2, 4, 6, 0], 95))
-    assert M.dice(pred, ref) == pytest.approx(2 * 1 / 5)
+    assert assd(pred, ref, spacing) == pytest.approx(12.0 / 5.0)
+    assert assd(pred, ref, spacing) != pytest.approx((3.0 + 0.0) / 2.0)
+    assert hd95(pred, ref, spacing) == pytest.approx(np.percentile([0, 2, 4, 6, 0], 95))
+    assert dice(pred, ref) == pytest.approx(2 * 1 / 5)
 
 
 # ------------------------------------------------------------------------------------------ DeepMind cross-check
@@ -119,10 +121,10 @@ def test_agrees_with_deepmind_surface_distance(shape: tuple[int, ...], spacing: 
     diagonal = math.sqrt(sum(s * s for s in spacing))
     for fills in ((0.05, 0.07), (0.15, 0.25)):
         pred, ref = blob(shape, rng, fills[0]), blob(shape, rng, fills[1])
-        assert M.dice(pred, ref) == pytest.approx(surface_distance.compute_dice_coefficient(ref, pred), abs=1e-12)
+        assert dice(pred, ref) == pytest.approx(surface_distance.compute_dice_coefficient(ref, pred), abs=1e-12)
         distances = surface_distance.compute_surface_distances(ref, pred, spacing)
         theirs = surface_distance.compute_robust_hausdorff(distances, 95)
-        assert abs(M.hd95(pred, ref, spacing) - theirs) <= diagonal
+        assert abs(hd95(pred, ref, spacing) - theirs) <= diagonal
 
 
 # ------------------------------------------------------------------------------------------ empty sets
@@ -133,35 +135,35 @@ def test_empty_conventions() -> None:
     empty = np.zeros(shape, bool)
     some = np.zeros(shape, bool)
     some[70:80, 100:110, 120:125] = True
-    assert M.dice(empty, empty) == 1.0
-    assert M.hd95(empty, empty, spacing) == 0.0
-    assert M.assd(empty, empty, spacing) == 0.0
-    assert M.sensitivity(empty, empty) == 1.0
-    assert M.specificity(empty, empty) == 1.0
-    assert M.surface_distances(empty, empty, spacing)[0].size == 0
+    assert dice(empty, empty) == 1.0
+    assert hd95(empty, empty, spacing) == 0.0
+    assert assd(empty, empty, spacing) == 0.0
+    assert sensitivity(empty, empty) == 1.0
+    assert specificity(empty, empty) == 1.0
+    assert surface_distances(empty, empty, spacing)[0].size == 0
     for pred, ref in ((some, empty), (empty, some)):
-        assert M.dice(pred, ref) == 0.0
-        assert M.hd95(pred, ref, spacing) == pytest.approx(373.128664, abs=1e-5)  # BraTS 2021+
-        assert M.assd(pred, ref, spacing) == pytest.approx(373.128664, abs=1e-5)
-        assert M.sensitivity(pred, ref) == 0.0
+        assert dice(pred, ref) == 0.0
+        assert hd95(pred, ref, spacing) == pytest.approx(373.128664, abs=1e-5)  # BraTS 2021+
+        assert assd(pred, ref, spacing) == pytest.approx(373.128664, abs=1e-5)
+        assert sensitivity(pred, ref) == 0.0
         with pytest.raises(ValueError, match="exactly one mask is empty"):
-            M.surface_distances(pred, ref, spacing)
-    assert M.specificity(empty, some) == 1.0
-    assert M.specificity(some, empty) == pytest.approx(1.0 - some.sum() / some.size)
+            surface_distances(pred, ref, spacing)
+    assert specificity(empty, some) == 1.0
+    assert specificity(some, empty) == pytest.approx(1.0 - some.sum() / some.size)
     # the diagonal honours anisotropic spacing (array axis order)
     small = np.zeros((4, 5, 6), bool)
     small[1, 1, 1] = True
     expected = math.sqrt((4 * 3.0) ** 2 + (5 * 0.5) ** 2 + (6 * 2.0) ** 2)
-    assert M.hd95(small, np.zeros_like(small), (3.0, 0.5, 2.0)) == pytest.approx(expected)
+    assert hd95(small, np.zeros_like(small), (3.0, 0.5, 2.0)) == pytest.approx(expected)
 
 
 def test_shape_and_spacing_errors() -> None:
     with pytest.raises(ValueError, match="shape"):
-        M.dice(np.zeros((3, 3, 3), bool), np.zeros((3, 3, 4), bool))
+        dice(np.zeros((3, 3, 3), bool), np.zeros((3, 3, 4), bool))
     with pytest.raises(ValueError, match="spacing"):
-        M.hd95(np.ones((3, 3, 3), bool), np.ones((3, 3, 3), bool), (1.0, 1.0))
+        hd95(np.ones((3, 3, 3), bool), np.ones((3, 3, 3), bool), (1.0, 1.0))
     with pytest.raises(ValueError, match="spacing"):
-        M.hd95(np.ones((3, 3, 3), bool), np.ones((3, 3, 3), bool), (1.0, 0.0, 1.0))
+        hd95(np.ones((3, 3, 3), bool), np.ones((3, 3, 3), bool), (1.0, 0.0, 1.0))
 
 
 # ------------------------------------------------------------------------------------------ regions
@@ -181,7 +183,7 @@ def brats_like() -> tuple[np.ndarray, np.ndarray]:
 
 def test_region_metrics_brats_hand_computed() -> None:
     pred, ref = brats_like()
-    result = M.region_metrics(pred, ref, BRATS, (1.0, 1.0, 1.0))
+    result = region_metrics(pred, ref, BRATS, (1.0, 1.0, 1.0))
     assert list(result) == ["WT", "TC", "ET"]
     assert result["WT"]["dice"] == pytest.approx(2 * 384 / (384 + 480))
     assert result["TC"]["dice"] == pytest.approx(2 * 64 / (64 + 96))
@@ -190,7 +192,7 @@ def test_region_metrics_brats_hand_computed() -> None:
     assert result["WT"]["sensitivity"] == pytest.approx(384 / 480)
     assert result["WT"]["specificity"] == pytest.approx(1.0)
     assert result["ET"]["specificity"] == pytest.approx(1.0 - (64 - et_overlap) / (ref.size - 16))
-    assert set(result["ET"]) == set(M.METRICS)
+    assert set(result["ET"]) == set(METRICS)
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (3.0, 0.7, 1.1)])
@@ -200,7 +202,7 @@ def test_region_metrics_equal_binary_metrics_on_full_volume(spacing: tuple[float
     big_ref = np.zeros_like(big_pred)
     big_pred[5:15, 20:32, 30:44] = pred
     big_ref[6:16, 19:31, 30:44] = ref
-    result = M.region_metrics(big_pred, big_ref, BRATS, spacing)
+    result = region_metrics(big_pred, big_ref, BRATS, spacing)
     for region in BRATS.regions:
         p, r = np.isin(big_pred, region.classes), np.isin(big_ref, region.classes)
         assert result[region.name]["dice"] == pytest.approx(medpy_binary.dc(p, r), abs=1e-12)
@@ -215,21 +217,21 @@ def test_region_metrics_missing_region_uses_full_image_diagonal() -> None:
     pred[5:8, 5:8, 5:8] = 2  # edema only: no TC, no ET predicted
     ref[5:8, 5:8, 5:8] = 2
     ref[6, 6, 6] = 3
-    result = M.region_metrics(pred, ref, BRATS, (2.0, 1.0, 1.0), metrics=("dice", "hd95"))
+    result = region_metrics(pred, ref, BRATS, (2.0, 1.0, 1.0), metrics=("dice", "hd95"))
     diagonal = math.sqrt(40**2 + 30**2 + 40**2)
     assert result["TC"] == {"dice": 0.0, "hd95": pytest.approx(diagonal)}
     assert result["ET"]["hd95"] == pytest.approx(diagonal)
     assert result["WT"] == {"dice": 1.0, "hd95": 0.0}
-    nothing = M.region_metrics(np.zeros_like(pred), np.zeros_like(ref), BRATS, (2.0, 1.0, 1.0))
+    nothing = region_metrics(np.zeros_like(pred), np.zeros_like(ref), BRATS, (2.0, 1.0, 1.0))
     assert nothing["WT"] == {"dice": 1.0, "hd95": 0.0, "assd": 0.0, "sensitivity": 1.0, "specificity": 1.0}
 
 
 def test_region_metrics_rejects_bad_input() -> None:
     pred, ref = brats_like()
     with pytest.raises(ValueError, match="unknown metrics"):
-        M.region_metrics(pred, ref, BRATS, (1, 1, 1), metrics=("dice", "jaccard"))
+        region_metrics(pred, ref, BRATS, (1, 1, 1), metrics=("dice", "jaccard"))
     with pytest.raises(ValueError, match="class indices"):
-        M.region_metrics(np.where(pred == 3, 4, pred), ref, BRATS, (1, 1, 1))  # label value 4, not a class index
+        region_metrics(np.where(pred == 3, 4, pred), ref, BRATS, (1, 1, 1))  # label value 4, not a class index
 
 
 # ------------------------------------------------------------------------------------------ files and folders
@@ -255,7 +257,7 @@ def test_evaluate_pair_reads_labels_and_uses_zyx_spacing(tmp_path: Path) -> None
     ref_path = write_labels(tmp_path / "case7_seg.nii.gz", ref)
     result = E.evaluate_pair(pred_path, ref_path, BRATS)
     assert result["case"] == "case7"
-    expected = M.region_metrics(BRATS.labels_to_classes(pred), BRATS.labels_to_classes(ref), BRATS, (3.0, 1.0, 1.0))
+    expected = region_metrics(BRATS.labels_to_classes(pred), BRATS.labels_to_classes(ref), BRATS, (3.0, 1.0, 1.0))
     assert result["regions"] == expected
     # a one-slice shift along z (3 mm slices): every distance is 0 or 3 mm, never 1 mm
     assert result["regions"]["WT"]["hd95"] == pytest.approx(3.0)
@@ -324,7 +326,7 @@ def test_folders_match_by_case_id(tmp_path: Path) -> None:
     assert [r["case"] for r in results] == ["b01", "b02"]
     assert results[0]["regions"]["WT"]["dice"] == 1.0
     assert results[1]["regions"]["WT"]["dice"] < 1.0
-    summary = M.summarize(results)
+    summary = summarize(results)
     wt = [r["regions"]["WT"]["dice"] for r in results]
     assert summary["WT"]["dice"]["mean"] == pytest.approx(np.mean(wt))
     assert summary["WT"]["dice"]["std"] == pytest.approx(np.std(wt))
@@ -356,9 +358,9 @@ def test_summarize_ignores_nan() -> None:
         {"case": "b", "regions": {"FG": {"dice": 1.0, "hd95": math.nan}}},
         {"case": "c", "regions": {"FG": {"dice": 0.0, "hd95": 4.0}}},
     ]
-    summary = M.summarize(results)
+    summary = summarize(results)
     assert summary["FG"]["dice"] == {"mean": pytest.approx(0.5), "std": pytest.approx(math.sqrt(1 / 6)), "median": 0.5}
     assert summary["FG"]["hd95"] == {"mean": 3.0, "std": 1.0, "median": 3.0}
-    only_nan = M.summarize([{"case": "a", "regions": {"FG": {"dice": math.nan}}}])
+    only_nan = summarize([{"case": "a", "regions": {"FG": {"dice": math.nan}}}])
     assert all(math.isnan(v) for v in only_nan["FG"]["dice"].values())
-    assert M.summarize([]) == {}
+    assert summarize([]) == {}

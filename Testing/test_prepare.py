@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from cldl.cli import main
 from cldl.data.anatomy import REALISTIC, anatomy_case
 from cldl.data.raw_scans import Acquisition, RawCase, acquire, raw_case, scanner_grid
-from cldl.evaluation.distances import dice
+from cldl.evaluation.overlap import dice
 from cldl.files.images import Geometry, read_image, write_image
 from cldl.inference.predictor import Predictor
 from cldl.prepare.brain_mask import brain_mask, extend_over_edema, from_ras, looks_skull_stripped, to_ras

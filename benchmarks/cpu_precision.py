@@ -28,7 +28,7 @@ from _common import command_line, emit_result, machine_summary, peak_rss_mb, run
 from cldl.checkpoint import Checkpoint, save_checkpoint
 from cldl.data.phantoms import brats_phantom
 from cldl.data.preprocess import PreprocessConfig
-from cldl.evaluation.distances import dice
+from cldl.evaluation.overlap import dice
 from cldl.inference.precision import cpu_has_native_bf16
 from cldl.inference.predictor import Predictor
 from cldl.method.network import ModelConfig, UNetLDL, count_parameters

@@ -19,7 +19,7 @@ import torch
 from _common import command_line, machine_summary
 
 from cldl.data.phantoms import brats_phantom
-from cldl.evaluation.distances import dice
+from cldl.evaluation.overlap import dice
 from cldl.inference.predictor import Predictor
 from cldl.registry import PHANTOM_MODEL, resolve_model
 

@@ -28,7 +28,7 @@ from _common import command_line, machine_summary
 
 from cldl.data.anatomy import REALISTIC, anatomy_case
 from cldl.data.raw_scans import raw_case
-from cldl.evaluation.distances import dice
+from cldl.evaluation.overlap import dice
 from cldl.files.images import read_image, write_image
 
 SEQUENCES = ("flair", "t1", "t2")

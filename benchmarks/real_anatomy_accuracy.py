@@ -34,7 +34,8 @@ from _common import command_line, machine_summary
 from scipy import ndimage
 
 from cldl.data.anatomy import REALISTIC, AnatomyConfig, anatomy_case, load_t1_anatomy
-from cldl.evaluation.distances import calibration, region_metrics, summarize
+from cldl.evaluation.calibration import calibration
+from cldl.evaluation.regions import region_metrics, summarize
 from cldl.inference.predictor import Predictor
 from cldl.registry import DEFAULT_MODEL, resolve_model
 

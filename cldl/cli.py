@@ -722,7 +722,7 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
 
 def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl evaluate``."""
-    from .evaluation.distances import summarize
+    from .evaluation.regions import summarize
     from .evaluation.reports import conventions, evaluate_folders_or_files, markdown_table, write_csv
     from .files.atomic_writes import atomic_outputs
     from .files.images import check_input_path, set_max_image_gb

@@ -11,7 +11,7 @@ import numpy as np
 
 from .data.anatomy import REALISTIC, anatomy_case
 from .data.phantoms import brats_phantom, write_case
-from .evaluation.distances import region_metrics, summarize
+from .evaluation.regions import region_metrics, summarize
 from .events import Reporter
 from .files.atomic_writes import atomic_outputs
 from .files.images import write_image, write_unit_interval

@@ -44,7 +44,7 @@ from .distributed import (
     mean_over_ranks,
     shutdown,
 )
-from .evaluation.distances import EMPTY_RULES, dice
+from .evaluation.overlap import EMPTY_RULES, dice
 from .evaluation.reports import relabel_small_et
 from .events import Reporter
 from .inference.precision import autocast_dtype, cpu_has_native_bf16

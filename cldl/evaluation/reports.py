@@ -1,8 +1,8 @@
 """Evaluating files: case matching, per-case evaluation and the CSV / Markdown reports of ``cldl evaluate``.
 
-The metric functions live in :mod:`cldl.evaluation.distances`; this module finds the cases (two files, two folders, or a
-dataset folder as reference), reads them on one grid, applies the options of an evaluation (the empty-region rule, the
-enhancing-tumour post-processing) and writes the reports.
+The metric functions live in :mod:`cldl.evaluation.regions` and the modules it names; this module finds the cases
+(two files, two folders, or a dataset folder as reference), reads them on one grid, applies the options of an
+evaluation (the empty-region rule, the enhancing-tumour post-processing) and writes the reports.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from cldl.evaluation.distances import (
+from cldl.evaluation.calibration import (
     ECE_BINS,
     QU_POINTS,
     binary_calibration,
     binary_entropy_uncertainty,
     calibration,
-    lesion_wise_metrics,
     qu_brats_score,
-    region_metrics,
     uncertainty_percent,
 )
+from cldl.evaluation.lesions import lesion_wise_metrics
+from cldl.evaluation.regions import region_metrics
 from cldl.files.atomic_writes import atomic_path
 from cldl.files.images import (
     IMAGE_SUFFIXES,
@@ -168,10 +168,10 @@ def evaluate_case(
     """Metrics of one case: overlap and distances per region; with probabilities, calibration (per region and
     multi-class as region ``"all"``); with an uncertainty map or probabilities, the QU-BraTS score per region.
 
-    ``empty``: the Dice of a region empty in both (:data:`cldl.evaluation.distances.EMPTY_RULES`); ``et_min_voxels`` > 0
+    ``empty``: the Dice of a region empty in both (:data:`cldl.evaluation.overlap.EMPTY_RULES`); ``et_min_voxels`` > 0
     applies
     :func:`relabel_small_et` to the prediction first; ``lesion_wise`` adds
-    :func:`cldl.evaluation.distances.lesion_wise_metrics` per region."""
+    :func:`cldl.evaluation.lesions.lesion_wise_metrics` per region."""
     pred_classes, pred_geometry = _read_classes(item.pred, task)
     ref_classes, ref_geometry = _read_classes(item.ref, task, item.label_map, item.unknown_labels)
     if not pred_geometry.matches(ref_geometry):  # Slicer crops a .seg.nrrd to its segments' extent

@@ -36,7 +36,9 @@ import torch.nn.functional as F
 from ..checkpoint import load_checkpoint
 from ..data.datasets import CaseFiles, discover_cases, load_case, split_cases
 from ..data.preprocess import PreprocessConfig
-from ..evaluation.distances import ECE_BINS, calibration, dice, qu_brats_score, region_metrics
+from ..evaluation.calibration import ECE_BINS, calibration, qu_brats_score
+from ..evaluation.overlap import dice
+from ..evaluation.regions import region_metrics
 from ..events import Reporter
 from ..files.atomic_writes import atomic_path
 from ..inference.predictor import sliding_window_probabilities
