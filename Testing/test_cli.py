@@ -16,7 +16,8 @@ import pytest
 
 from cldl.checkpoint import load_checkpoint
 from cldl.cli import main
-from cldl.files.images import Geometry, read_image, write_image
+from cldl.files.geometry import Geometry
+from cldl.files.images import read_image, write_image
 from cldl.registry import DEFAULT_MODEL
 from cldl.tasks import BRATS
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cldl.files.images import Geometry
+from cldl.files.geometry import Geometry
 from cldl.inference.confidence import confidence_lines, segment_confidence
 from cldl.inference.predictor import Prediction, near_tie
 from cldl.tasks import BRATS

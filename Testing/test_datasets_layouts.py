@@ -30,7 +30,8 @@ from cldl.data.datasets import (
 )
 from cldl.data.phantoms import brats_phantom, mmwhs_phantom
 from cldl.data.preprocess import InputError, PreprocessConfig
-from cldl.files.images import Geometry, affine_ras, write_image
+from cldl.files.geometry import Geometry, affine_ras
+from cldl.files.images import write_image
 from cldl.tasks import BRATS, MMWHS_CT, MMWHS_MR, get_task
 
 SHAPE = (20, 20, 20)

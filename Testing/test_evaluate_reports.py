@@ -18,7 +18,9 @@ with warnings.catch_warnings():
 from nibabel.testing import data_path
 
 from cldl.cli import main
-from cldl.files.images import Geometry, read_image, write_image, write_labels, write_unit_interval
+from cldl.files.geometry import Geometry
+from cldl.files.images import read_image, write_image, write_unit_interval
+from cldl.files.label_maps import write_labels
 from cldl.tasks import BRATS, MMWHS_CT
 
 SPACING_XYZ = (0.9, 1.2, 3.0)

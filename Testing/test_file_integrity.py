@@ -26,16 +26,10 @@ from cldl.data.datasets import check_mixups, detect_dataset, mixup_problems
 from cldl.data.phantoms import brats_phantom, write_case
 from cldl.data.preprocess import InputError, PreprocessConfig
 from cldl.files import atomic_writes as atomic
-from cldl.files.images import (
-    Geometry,
-    ImageError,
-    read_channels,
-    read_image,
-    read_labels,
-    write_image,
-    write_unit_interval,
-)
+from cldl.files.geometry import Geometry
+from cldl.files.images import ImageError, read_channels, read_image, write_image, write_unit_interval
 from cldl.files.integrity import payload_problem
+from cldl.files.label_maps import read_labels
 from cldl.tasks import BRATS
 
 CUTS = (0.0, 0.1, 0.5, 0.9, 0.99)

@@ -664,7 +664,7 @@ def test_an_unusable_output_name_is_refused_before_inference(
 def test_grids_that_differ_only_in_direction_are_described_differently(
     phantom_files: dict, tmp_path: Path, capfd
 ) -> None:
-    from cldl.files.images import Geometry
+    from cldl.files.geometry import Geometry
 
     labels, geometry = read_image(phantom_files["seg"])
     turned = Geometry(geometry.size, geometry.spacing, geometry.origin, (1.0, 0, 0, 0, 0, 1.0, 0, 1.0, 0))

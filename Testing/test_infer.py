@@ -11,7 +11,8 @@ from conftest import random_checkpoint
 
 from cldl.checkpoint import Checkpoint, save_checkpoint
 from cldl.data.preprocess import InputError, bounding_box, foreground_mask
-from cldl.files.images import Geometry, GeometryWarning, read_image, write_image
+from cldl.files.geometry import Geometry, GeometryWarning
+from cldl.files.images import read_image, write_image
 from cldl.inference.predictor import (
     Cancelled,
     Predictor,

@@ -12,21 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cldl.files.images import (
-    Geometry,
-    ImageError,
-    image_info,
-    overlap_fraction,
-    read_channels,
-    read_image,
-    read_labels,
-    read_segmentation,
-    resample,
-    write_image,
-    write_labels,
-    write_segmentation,
-    write_unit_interval,
-)
+from cldl.files.geometry import Geometry, overlap_fraction, resample
+from cldl.files.images import ImageError, image_info, read_channels, read_image, write_image, write_unit_interval
+from cldl.files.label_maps import read_labels, read_segmentation, write_labels, write_segmentation
 from cldl.tasks import BRATS, MMWHS_CT
 
 

@@ -12,7 +12,8 @@ from slicer_testing import new_scene
 from vtk.util.numpy_support import vtk_to_numpy
 
 from cldl.evaluation.reports import evaluate_pair
-from cldl.files.images import Geometry, read_labels, write_segmentation
+from cldl.files.geometry import Geometry
+from cldl.files.label_maps import read_labels, write_segmentation
 from cldl.tasks import BRATS, MMWHS_CT
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])

@@ -15,7 +15,8 @@ from cldl.evaluation import reports as E
 from cldl.evaluation.distances import _squared_edt, assd, hd95, surface_distances
 from cldl.evaluation.overlap import METRICS, dice, sensitivity, specificity
 from cldl.evaluation.regions import region_metrics, summarize
-from cldl.files.images import Geometry, write_image
+from cldl.files.geometry import Geometry
+from cldl.files.images import write_image
 from cldl.tasks import BINARY, BRATS, MMWHS_CT
 
 SHAPES_SPACINGS = [

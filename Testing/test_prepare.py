@@ -20,7 +20,8 @@ from cldl.cli import main
 from cldl.data.anatomy import REALISTIC, anatomy_case
 from cldl.data.raw_scans import Acquisition, RawCase, acquire, raw_case, scanner_grid
 from cldl.evaluation.overlap import dice
-from cldl.files.images import Geometry, read_image, write_image
+from cldl.files.geometry import Geometry
+from cldl.files.images import read_image, write_image
 from cldl.inference.predictor import Predictor
 from cldl.prepare.brain_mask import brain_mask, extend_over_edema, from_ras, looks_skull_stripped, to_ras
 from cldl.prepare.registration import MIN_SIMILARITY, metric_image, register_rigid

@@ -25,7 +25,8 @@ from cldl.data.preprocess import (
     resampled_grid,
     stack_channels,
 )
-from cldl.files.images import Geometry, GeometryWarning, read_image, write_image
+from cldl.files.geometry import Geometry, GeometryWarning
+from cldl.files.images import read_image, write_image
 from cldl.inference.predictor import Predictor
 from cldl.method.network import ModelConfig, UNetLDL
 from cldl.tasks import BRATS

@@ -15,7 +15,8 @@ from cldl.cli import main
 from cldl.data.augment import preset, spatial_matrix
 from cldl.data.preprocess import PreprocessConfig, preprocess
 from cldl.evaluation.reports import relabel_small_et
-from cldl.files.images import Geometry, write_image
+from cldl.files.geometry import Geometry
+from cldl.files.images import write_image
 from cldl.tasks import BRATS
 from cldl.train import PatchSampler, TrainConfig, load_config
 

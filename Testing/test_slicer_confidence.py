@@ -19,7 +19,8 @@ from CLDLSegmentationLib.panel import updateOverlay
 from CLDLSegmentationLib.segmentations import markUncertainRegion
 from CLDLSegmentationLib.volumes import exportVolume
 
-from cldl.files.images import Geometry, write_image, write_unit_interval
+from cldl.files.geometry import Geometry
+from cldl.files.images import write_image, write_unit_interval
 from cldl.tasks import BRATS
 
 

@@ -36,7 +36,8 @@ from CLDLSegmentationLib.terminology import terminologyFor, typeMeaning
 from CLDLSegmentationLib.volumes import checkInputs, exportVolume, ijkToRas, importProbabilities, importVolume
 from CLDLTrainingLib import TrainingCurves, buildConfig, trainCommand
 
-from cldl.files.images import Geometry, write_image, write_unit_interval
+from cldl.files.geometry import Geometry
+from cldl.files.images import write_image, write_unit_interval
 from cldl.tasks import BRATS, MMWHS_CT
 
 

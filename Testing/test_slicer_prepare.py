@@ -24,7 +24,8 @@ from CLDLSegmentationLib.logic import (
 from CLDLSegmentationLib.models import ModelInfo
 from CLDLSegmentationLib.volumes import checkInputs, exportVolume, ijkToRas
 
-from cldl.files.images import Geometry, write_image, write_unit_interval
+from cldl.files.geometry import Geometry
+from cldl.files.images import write_image, write_unit_interval
 from cldl.tasks import BRATS
 
 SHAPE = (10, 12, 14)

@@ -14,7 +14,8 @@ from conftest import random_checkpoint
 from cldl.checkpoint import Checkpoint
 from cldl.data.preprocess import PreprocessConfig
 from cldl.files.atomic_writes import atomic_outputs
-from cldl.files.images import Geometry, read_image
+from cldl.files.geometry import Geometry
+from cldl.files.images import read_image
 from cldl.inference.predictor import Predictor, sliding_window_outputs
 from cldl.inference.region_maps import stage_map_files, write_stage_maps
 from cldl.method.network import ModelConfig, ModelOutput, UNetLDL

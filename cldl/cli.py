@@ -535,7 +535,8 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl segment``."""
     from .checkpoint import check_task
     from .files.atomic_writes import atomic_outputs
-    from .files.images import check_input_path, set_max_image_gb, write_labels, write_unit_interval
+    from .files.images import check_input_path, set_max_image_gb, write_unit_interval
+    from .files.label_maps import write_labels
     from .inference.confidence import confidence_lines, segment_confidence
     from .inference.predictor import Predictor
     from .inference.region_maps import stage_map_files, write_stage_maps

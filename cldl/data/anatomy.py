@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..files.images import Geometry
+from ..files.geometry import Geometry
 from ..tasks import BRATS
 from .phantoms import PhantomCase
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..files.atomic_writes import atomic_path
-from ..files.images import Geometry
+from ..files.geometry import Geometry
 from ..tasks import Task
 from .datasets import CaseFiles, load_case
 from .preprocess import Orientation, PreprocessConfig, Preprocessed

@@ -32,17 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from ..files.images import (
-    SEG_SUFFIX,
-    Geometry,
-    ImageError,
-    is_image_path,
-    labels_on_grid,
-    overlap_fraction,
-    read_channels,
-    read_labels,
-    strip_image_suffix,
-)
+from ..files.geometry import Geometry, labels_on_grid, overlap_fraction
+from ..files.images import SEG_SUFFIX, ImageError, is_image_path, read_channels, strip_image_suffix
+from ..files.label_maps import read_labels
 from ..tasks import BRATS, MMWHS_CT, MMWHS_MR, Task, get_task, modality_aliases, task_from_dataset_json
 from .preprocess import (
     InputError,

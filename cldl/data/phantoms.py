@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cldl.files.images import Geometry, write_image
+from cldl.files.geometry import Geometry
+from cldl.files.images import write_image
 from cldl.tasks import BRATS, MMWHS_CT
 
 Shape = tuple[int, int, int]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..files.images import Geometry, GeometryWarning, overlap_fraction, resample, resample_vector, vector_image
+from ..files.geometry import Geometry, GeometryWarning, overlap_fraction, resample, resample_vector, vector_image
 
 
 class InputError(ValueError):

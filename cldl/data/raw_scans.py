@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from ..files.images import Geometry
+from ..files.geometry import Geometry
 
 # Relative intensity (x the brain's median of that sequence) of the layers outside the brain, per sequence:
 # cerebrospinal fluid, inner and outer table of the skull (cortical bone), diploe (marrow), scalp (fat and skin).

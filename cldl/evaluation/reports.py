@@ -30,17 +30,9 @@ from cldl.evaluation.calibration import (
 from cldl.evaluation.lesions import lesion_wise_metrics
 from cldl.evaluation.regions import region_metrics
 from cldl.files.atomic_writes import atomic_path
-from cldl.files.images import (
-    IMAGE_SUFFIXES,
-    SEG_SUFFIX,
-    Geometry,
-    is_image_path,
-    labels_on_grid,
-    read_channels,
-    read_image,
-    read_labels,
-    strip_image_suffix,
-)
+from cldl.files.geometry import Geometry, labels_on_grid
+from cldl.files.images import IMAGE_SUFFIXES, SEG_SUFFIX, is_image_path, read_channels, read_image, strip_image_suffix
+from cldl.files.label_maps import read_labels
 from cldl.tasks import Task
 
 CASE_SUFFIX = re.compile(r"_(seg|label|pred)$", re.IGNORECASE)

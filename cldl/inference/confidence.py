@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files.images import Geometry
+from ..files.geometry import Geometry
 from ..tasks import Task
 from .predictor import NEAR_TIE, Prediction
 

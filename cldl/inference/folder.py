@@ -26,7 +26,9 @@ import numpy as np
 from ..data.datasets import CaseFiles, detect_dataset, discover_cases, read_case
 from ..events import Reporter
 from ..files.atomic_writes import FileState, atomic_outputs, file_states
-from ..files.images import Geometry, write_labels, write_unit_interval
+from ..files.geometry import Geometry
+from ..files.images import write_unit_interval
+from ..files.label_maps import write_labels
 from .predictor import Prediction, Predictor
 from .region_maps import write_stage_maps
 

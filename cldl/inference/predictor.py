@@ -31,7 +31,8 @@ from ..data.preprocess import (
     stack_channels,
 )
 from ..defaults import OVERLAP
-from ..files.images import Geometry, read_channels
+from ..files.geometry import Geometry
+from ..files.images import read_channels
 from ..method.distributions import UNCERTAINTY_MAPS
 from ..tasks import Task
 from .precision import autocast_dtype

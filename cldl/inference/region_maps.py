@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from ..data.preprocess import Preprocessed, crop_geometry
 from ..files.atomic_writes import StagedOutputs
-from ..files.images import Geometry, resample_vector, vector_image, write_unit_interval
+from ..files.geometry import Geometry, resample_vector, vector_image
+from ..files.images import write_unit_interval
 from ..method.distributions import normalized_entropy
 from ..tasks import Task
 

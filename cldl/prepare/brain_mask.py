@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from ..files.images import Geometry
+from ..files.geometry import Geometry
 
 DEEPBET_INSTALL = "pip install --no-deps deepbet==1.0.2"
 BOX_SHAPE = (128, 128, 128)

@@ -137,7 +137,7 @@ def predict_prepared(
 def brain_mask_on_reference(case: Any) -> Any:
     """The prepared case's brain mask on the reference's original grid (uint8: linear interpolation >= 0.5), or
     None if it was not skull-stripped."""
-    from ..files.images import resample
+    from ..files.geometry import resample
 
     if case.brain is None:
         return None

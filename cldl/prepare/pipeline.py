@@ -23,15 +23,8 @@ import SimpleITK as sitk
 import torch
 
 from ..files.atomic_writes import StagedOutputs, atomic_outputs
-from ..files.images import (
-    Geometry,
-    ImageError,
-    overlap_fraction,
-    read_image,
-    resample_vector,
-    vector_image,
-    write_image,
-)
+from ..files.geometry import Geometry, overlap_fraction, resample_vector, vector_image
+from ..files.images import ImageError, read_image, write_image
 from ..inference.region_maps import StageMaps
 from ..method.distributions import UNCERTAINTY_MAPS
 from ..tasks import MODALITY_ALIASES, Task
