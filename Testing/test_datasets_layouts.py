@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from cldl.cli import main
 from cldl.data.cache import PreprocessCache, case_key, open_cache
-from cldl.data.datasets import (
+from cldl.data.layouts import (
     CaseFiles,
     check_dataset,
     detect_dataset,

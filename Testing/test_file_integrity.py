@@ -22,7 +22,7 @@ import torch
 from cldl.checkpoint import load_checkpoint, save_checkpoint
 from cldl.cli import main
 from cldl.data.cache import PreprocessCache
-from cldl.data.datasets import check_mixups, detect_dataset, mixup_problems
+from cldl.data.layouts import check_mixups, detect_dataset, mixup_problems
 from cldl.data.phantoms import brats_phantom, write_case
 from cldl.data.preprocess import InputError, PreprocessConfig
 from cldl.files import atomic_writes as atomic

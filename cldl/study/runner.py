@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint
-from ..data.datasets import CaseFiles, discover_cases, load_case, split_cases
+from ..data.layouts import CaseFiles, discover_cases, load_case, split_cases
 from ..data.preprocess import PreprocessConfig
 from ..evaluation.calibration import ECE_BINS, calibration, qu_brats_score
 from ..evaluation.overlap import dice

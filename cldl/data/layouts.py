@@ -36,15 +36,7 @@ from ..files.geometry import Geometry, labels_on_grid, overlap_fraction
 from ..files.images import SEG_SUFFIX, ImageError, is_image_path, read_channels, strip_image_suffix
 from ..files.label_maps import read_labels
 from ..tasks import BRATS, MMWHS_CT, MMWHS_MR, Task, get_task, modality_aliases, task_from_dataset_json
-from .preprocess import (
-    InputError,
-    PreprocessConfig,
-    Preprocessed,
-    align,
-    image_problems,
-    preprocess,
-    stack_channels,
-)
+from .preprocess import InputError, PreprocessConfig, Preprocessed, align, image_problems, preprocess, stack_channels
 
 NIFTI = (".nii.gz", ".nii")
 LABEL_TOKENS = ("seg", "label", "labels")
