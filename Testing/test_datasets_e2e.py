@@ -12,7 +12,7 @@ import pytest
 from test_datasets_layouts import build_brats2018, build_case_list, build_mmwhs, build_msd, build_nnunet
 
 from cldl.cli import main
-from cldl.data.layouts import detect_dataset
+from cldl.data.discovery import detect_dataset
 from cldl.files.images import read_image, write_image
 
 SHAPE = (32, 32, 32)
@@ -103,6 +103,6 @@ def test_check_train_segment_evaluate(layout: str, tmp_path: Path, capsys: pytes
 
 def _as_task_labels(truth: np.ndarray, case) -> np.ndarray:
     """A label file's values in the task's values (the dataset's mapping; MM-WHS stray values as documented)."""
-    from cldl.data.layouts import map_label_values
+    from cldl.data.cases import map_label_values
 
     return map_label_values(truth, case.label_map)

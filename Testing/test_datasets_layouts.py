@@ -19,15 +19,10 @@ import SimpleITK as sitk
 
 from cldl.cli import main
 from cldl.data.cache import PreprocessCache, case_key, open_cache
-from cldl.data.layouts import (
-    CaseFiles,
-    check_dataset,
-    detect_dataset,
-    discover_cases,
-    load_case,
-    map_label_values,
-    read_case,
-)
+from cldl.data.cases import load_case, map_label_values, read_case
+from cldl.data.check import check_dataset
+from cldl.data.discovery import detect_dataset, discover_cases
+from cldl.data.layouts import CaseFiles
 from cldl.data.phantoms import brats_phantom, mmwhs_phantom
 from cldl.data.preprocess import InputError, PreprocessConfig
 from cldl.files.geometry import Geometry, affine_ras

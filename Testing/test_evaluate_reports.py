@@ -180,7 +180,7 @@ def test_mask_from_a_dataset_folder_and_seg_nrrd_predictions(tmp_path: Path) -> 
     """The QU-BraTS brain mask can be the dataset itself (first modality > 0); .seg.nrrd predictions work."""
     from test_datasets_layouts import build_brats2021
 
-    from cldl.data.layouts import detect_dataset
+    from cldl.data.discovery import detect_dataset
 
     data = tmp_path / "data"
     build_brats2021(data, n=2)

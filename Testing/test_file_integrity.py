@@ -22,7 +22,8 @@ import torch
 from cldl.checkpoint import load_checkpoint, save_checkpoint
 from cldl.cli import main
 from cldl.data.cache import PreprocessCache
-from cldl.data.layouts import check_mixups, detect_dataset, mixup_problems
+from cldl.data.cases import check_mixups, mixup_problems
+from cldl.data.discovery import detect_dataset
 from cldl.data.phantoms import brats_phantom, write_case
 from cldl.data.preprocess import InputError, PreprocessConfig
 from cldl.files import atomic_writes as atomic

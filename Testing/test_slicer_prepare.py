@@ -15,12 +15,7 @@ from slicer_testing import add_volume, oblique_matrix  # also puts the module fo
 
 # isort: split
 import CLDLSegmentationLib.logic as logic_module
-from CLDLSegmentationLib.logic import (
-    BRAIN_MASK_SEGMENT,
-    SegmentationLogic,
-    SegmentationOptions,
-    preparationReference,
-)
+from CLDLSegmentationLib.logic import BRAIN_MASK_SEGMENT, SegmentationLogic, SegmentationOptions, preparationReference
 from CLDLSegmentationLib.models import ModelInfo
 from CLDLSegmentationLib.volumes import checkInputs, exportVolume, ijkToRas
 

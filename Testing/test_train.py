@@ -17,14 +17,7 @@ from cldl.data.preprocess import PreprocessConfig, preprocess
 from cldl.events import Reporter
 from cldl.method.network import UNetLDL
 from cldl.tasks import BRATS
-from cldl.train import (
-    PatchSampler,
-    TrainConfig,
-    Trainer,
-    json_to_random_state,
-    random_state_to_json,
-    seed_everything,
-)
+from cldl.train import PatchSampler, TrainConfig, Trainer, json_to_random_state, random_state_to_json, seed_everything
 
 PHANTOMS_32 = {"train_seeds": [0, 2], "val_seeds": [10_000, 10_001], "shape": [32, 32, 32]}
 

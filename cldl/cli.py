@@ -829,7 +829,8 @@ def _clean_json(value: object) -> object:
 def cmd_datasets(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl datasets check``: layout, cases, modalities, label values and every problem of a dataset;
     ``cldl datasets split``: the training / validation case ids of ``cldl train``."""
-    from .data.layouts import CheckReport, check_dataset, detect_dataset
+    from .data.check import CheckReport, check_dataset
+    from .data.discovery import detect_dataset
     from .tasks import get_task
 
     if args.datasets_command == "split":
@@ -855,7 +856,7 @@ def cmd_datasets(args: argparse.Namespace, reporter: Reporter) -> int:
 
 def _datasets_split(args: argparse.Namespace) -> int:
     """``cldl datasets split``."""
-    from .data.layouts import discover_cases, split_cases, split_rule
+    from .data.discovery import discover_cases, split_cases, split_rule
     from .tasks import get_task
     from .train import TrainConfig, load_config
 

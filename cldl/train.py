@@ -31,7 +31,8 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data.augment import PlannedBatch, PlannedPatch, draw_intensity, source_region, spatial_matrix
 from .data.augment import preset as augment_preset
 from .data.cache import open_cache
-from .data.layouts import discover_cases, load_case, split_cases
+from .data.cases import load_case
+from .data.discovery import discover_cases, split_cases
 from .data.preprocess import InputError, PreprocessConfig, Preprocessed, preprocess
 from .distributed import (
     DistContext,

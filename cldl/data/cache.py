@@ -28,7 +28,8 @@ import numpy as np
 from ..files.atomic_writes import atomic_path
 from ..files.geometry import Geometry
 from ..tasks import Task
-from .layouts import CaseFiles, load_case
+from .cases import load_case
+from .layouts import CaseFiles
 from .preprocess import Orientation, PreprocessConfig, Preprocessed
 
 CACHE_VERSION = 1

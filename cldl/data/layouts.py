@@ -1,6 +1,6 @@
-"""Finding cases on disk in the layouts datasets are distributed in, checking them, and loading them preprocessed.
+"""The layouts datasets are distributed in: one reader per layout, each listing a folder's cases (:class:`Dataset`).
 
-Layouts (auto-detected by :func:`detect_dataset`; docs/datasets.md has the details):
+Layouts (auto-detected by :func:`cldl.data.discovery.detect_dataset`; docs/datasets.md has the details):
 
 * ``brats``: one file per modality, ``<case>_{flair,t1,t1ce,t2}`` + ``<case>_seg``, at any depth: BraTS 2018-2020
   (``{HGG,LGG}/Brats18_*``, or flat), BraTS 2021 (``BraTS2021_00000/``), BraTS 2023+ names (``-t2f``, ``-t1n``,
@@ -18,32 +18,19 @@ Layouts (auto-detected by :func:`detect_dataset`; docs/datasets.md has the detai
 from __future__ import annotations
 
 import csv
-import itertools
 import json
-import os
-import random
 import re
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from ..files.images import is_image_path, strip_image_suffix
+from ..tasks import BRATS, MMWHS_CT, MMWHS_MR, Task, modality_aliases, task_from_dataset_json
+from .preprocess import InputError
 
-from ..files.geometry import Geometry, labels_on_grid, overlap_fraction
-from ..files.images import SEG_SUFFIX, ImageError, is_image_path, read_channels, strip_image_suffix
-from ..files.label_maps import read_labels
-from ..tasks import BRATS, MMWHS_CT, MMWHS_MR, Task, get_task, modality_aliases, task_from_dataset_json
-from .preprocess import InputError, PreprocessConfig, Preprocessed, align, image_problems, preprocess, stack_channels
-
-NIFTI = (".nii.gz", ".nii")
 LABEL_TOKENS = ("seg", "label", "labels")
 CASE_LISTS = ("cases.csv", "cases.json")
-LABEL_LIKE_VALUES = 12  # an image with at most this many distinct integer values looks like a label map
-SAME_CONTRAST_CORRELATION = 0.99  # two modalities correlated above this look like the same contrast
-MIXUP_SAMPLE = 1 << 20  # voxels per channel the mix-up checks look at
 BRATS_2023_TOKENS = ("t2f", "t1n", "t1c", "t2w")
 MMWHS_STRAY = {421: 420}  # reported in some MM-WHS label files: a left-atrium voxel value off by one
 BRATS_LABEL_SYNONYMS = (  # substring of a (normalised) label name -> BraTS value; first match wins
@@ -107,17 +94,12 @@ class Dataset:
 # helpers
 
 
-def _strip(name: str) -> str:
-    """File name without its image suffix."""
-    return strip_image_suffix(name)
-
-
 def _visible(path: Path, root: Path) -> bool:
     """False for hidden files and folders (``.DS_Store``, macOS ``._`` resource forks in the MSD tarballs)."""
     return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def _image_files(folder: Path, recursive: bool = True) -> list[Path]:
+def image_files(folder: Path, recursive: bool = True) -> list[Path]:
     """Image files under ``folder`` (no hidden ones), sorted."""
     paths = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p for p in paths if p.is_file() and is_image_path(p) and _visible(p, folder))
@@ -127,79 +109,6 @@ def _norm(text: str) -> str:
     """Lower-case, spelling-normalised label or channel name."""
     text = str(text).lower().replace("tumour", "tumor").replace("oedema", "edema")
     return " ".join(re.sub(r"[_\-./]", " ", text).split())
-
-
-def modality_from_name(path: str | Path, task: Task) -> str | None:
-    """The task modality a file name ends with (``..._t1ce.nii.gz``, ``...-t1c.nrrd``, ``T2.mha``), or None."""
-    stem = _strip(Path(path).name)
-    token = re.split(r"[_\-. ]", stem)[-1].lower()
-    return modality_aliases(task.modalities).get(token)
-
-
-def check_modality_order(paths: list[str | Path], task: Task) -> None:
-    """Refuse one file given for two modalities, and images given in another order than the task's when their
-    file names say so."""
-    check_distinct_files(paths, task.modalities)
-    if len(paths) != task.num_modalities or task.num_modalities < 2:
-        return
-    named = [modality_from_name(p, task) for p in paths]
-    if None in named or sorted(named) != sorted(task.modalities) or named == list(task.modalities):
-        return
-    given = ", ".join(f"{Path(p).name} ({m})" for p, m in zip(paths, named))
-    raise InputError(f"the images are in the wrong order: {given}; give them as {', '.join(task.modalities)}")
-
-
-def check_distinct_files(paths: Sequence[str | Path], modalities: Sequence[str]) -> None:
-    """Refuse the same file given for two modalities (by path, symbolic link or hard link)."""
-    seen: dict[object, str] = {}
-    for path, modality in zip(paths, modalities):
-        try:
-            stat = os.stat(path)
-            key: object = (stat.st_dev, stat.st_ino)
-        except OSError:  # missing: the read says so
-            key = Path(path).resolve()
-        if key in seen:
-            raise InputError(f"{path} is given for both {seen[key]} and {modality}; each modality needs its own image")
-        seen[key] = modality
-
-
-def mixup_problems(images: np.ndarray, names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Signs of mixed-up inputs in ``images`` (C x z x y x): errors (two channels with identical voxels) and
-    warnings (a channel that looks like a label map, two channels that look like the same contrast). Measured on
-    a regular sample of at most ~1M voxels per channel."""
-    errors, notes = [], []
-    step = max(1, images[0].size // MIXUP_SAMPLE)
-    samples = [np.ravel(channel)[::step].astype(np.float64) for channel in images]
-    for sample, name in zip(samples, names):
-        values = np.unique(sample)
-        # (a constant channel is refused by image_problems, not reported here)
-        if 2 <= values.size <= LABEL_LIKE_VALUES and np.array_equal(values, np.round(values)):
-            listed = ", ".join(f"{v:g}" for v in values)
-            notes.append(f"{name} looks like a label map (only the values {listed}), not an image")
-    for i, j in itertools.combinations(range(len(samples)), 2):
-        a, b = samples[i], samples[j]
-        if np.array_equal(a, b) and np.array_equal(images[i], images[j]):
-            errors.append(f"{names[i]} and {names[j]} hold identical voxels: the same image is given twice")
-            continue
-        inside = (a != 0) | (b != 0)
-        if np.count_nonzero(inside) < 2 or a[inside].std() == 0 or b[inside].std() == 0:
-            continue
-        correlation = float(np.corrcoef(a[inside], b[inside])[0, 1])
-        if correlation > SAME_CONTRAST_CORRELATION:
-            notes.append(
-                f"{names[i]} and {names[j]} look like the same contrast (voxel correlation {correlation:.3f}); "
-                "is one image given twice?"
-            )
-    return errors, notes
-
-
-def check_mixups(images: np.ndarray, names: Sequence[str]) -> None:
-    """Refuse identical channels (InputError) and warn about channels that look mixed up (see mixup_problems)."""
-    errors, notes = mixup_problems(images, names)
-    if errors:
-        raise InputError(errors[0])
-    for note in notes:
-        warnings.warn(note, stacklevel=2)
 
 
 def _channel_order(names: dict[int, str], task: Task) -> tuple[tuple[int, ...] | None, str]:
@@ -267,17 +176,41 @@ def _dataset_json_channels(data: dict[str, Any]) -> dict[int, str]:
     return {int(k): str(v) for k, v in channels.items() if str(k).isdigit()}
 
 
+def _dataset_json_block(
+    data: dict[str, Any], task: Task
+) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...], list[str], list[str]]:
+    """What an MSD or nnU-Net ``dataset.json`` says for ``task``: the channel index of each task modality (the task's
+    order when the channel names do not say), the label map (source -> task value), problems and notes."""
+    problems, notes = [], []
+    names = _dataset_json_channels(data)
+    if names and len(names) != task.num_modalities:
+        problems.append(
+            f"dataset.json lists {len(names)} channels ({', '.join(names.values())}); task {task.name} needs "
+            f"{task.num_modalities} ({', '.join(task.modalities)})"
+        )
+    order, text = _channel_order(names, task)
+    if order is None:
+        order = tuple(range(task.num_modalities))
+        notes.append("channel order taken as the task's (dataset.json names do not say)")
+    else:
+        notes.append(text)
+    label_map, text = _label_map_from_names(_dataset_json_labels(data), task)
+    if text:
+        notes.append(text)
+    return order, tuple(sorted(label_map.items())) if label_map else (), problems, notes
+
+
 # --------------------------------------------------------------------------------------------------------------
 # layouts
 
 
-def _per_modality(root: Path, task: Task) -> Dataset | None:
+def per_modality_layout(root: Path, task: Task) -> Dataset | None:
     """``<case>_<modality>`` files grouped by folder and case (BraTS and similar)."""
     table = modality_aliases(task.modalities)
     groups: dict[tuple[Path, str], dict[str, Path]] = {}
     used_2023 = False
-    for path in _image_files(root):
-        match = re.match(r"^(.+)[_-]([^_-]+)$", _strip(path.name))
+    for path in image_files(root):
+        match = re.match(r"^(.+)[_-]([^_-]+)$", strip_image_suffix(path.name))
         if match is None:
             continue
         case_id, token = match.group(1), match.group(2).lower()
@@ -304,7 +237,7 @@ def _per_modality(root: Path, task: Task) -> Dataset | None:
         if label is None:  # BraTS 2020 case 355 ships its label as W39_1998.09.19_Segm.nii
             others = [
                 p
-                for p in _image_files(folder, recursive=False)
+                for p in image_files(folder, recursive=False)
                 if "seg" in p.name.lower() and p not in files.values() and not p.name.startswith(case_id)
             ]
             if len(others) == 1:
@@ -338,11 +271,11 @@ def _per_modality(root: Path, task: Task) -> Dataset | None:
     )
 
 
-def _image_label_pairs(root: Path, task: Task) -> Dataset | None:
+def image_label_pairs_layout(root: Path, task: Task) -> Dataset | None:
     """``<case>_image`` with ``<case>_label`` (MM-WHS)."""
     pairs: dict[str, dict[str, Path]] = {}
-    for path in _image_files(root):
-        stem = _strip(path.name)
+    for path in image_files(root):
+        stem = strip_image_suffix(path.name)
         for kind in ("image", "label"):
             if stem.lower().endswith("_" + kind):
                 pairs.setdefault(str(path.parent / stem[: -len(kind) - 1]), {})[kind] = path
@@ -379,34 +312,18 @@ def _image_label_pairs(root: Path, task: Task) -> Dataset | None:
     return Dataset(root, "mmwhs", description, task, cases, problems, notes, modality_files="<case>_image")
 
 
-def _decathlon(root: Path, task: Task | None) -> Dataset:
+def decathlon_layout(root: Path, task: Task | None) -> Dataset:
     """MSD: ``imagesTr/<case>.nii.gz`` (4D for multi-modal tasks), ``labelsTr/<case>.nii.gz``, ``dataset.json``."""
     data = _read_json(root / "dataset.json") if (root / "dataset.json").is_file() else {}
     task = task or _msd_task(root, data)
-    problems, notes = [], []
-    channels, text = _channel_order(_dataset_json_channels(data), task)
-    if channels is None:
-        names = _dataset_json_channels(data)
-        if names and len(names) != task.num_modalities:
-            problems.append(
-                f"dataset.json lists {len(names)} channels ({', '.join(names.values())}); task {task.name} needs "
-                f"{task.num_modalities} ({', '.join(task.modalities)})"
-            )
-        channels = tuple(range(task.num_modalities))
-        notes.append("channel order taken as the task's (dataset.json names do not say)")
-    else:
-        notes.append(text)
-    label_map, text = _label_map_from_names(_dataset_json_labels(data), task)
-    if text:
-        notes.append(text)
-    mapping = tuple(sorted(label_map.items())) if label_map else ()
+    channels, mapping, problems, notes = _dataset_json_block(data, task)
     cases = []
     for split, labelled in (("imagesTr", True), ("imagesTs", False)):
         folder = root / split
         if not folder.is_dir():
             continue
-        for path in _image_files(folder, recursive=False):
-            case_id = _strip(path.name)
+        for path in image_files(folder, recursive=False):
+            case_id = strip_image_suffix(path.name)
             label = root / "labelsTr" / path.name if labelled else None
             if label is not None and not label.is_file():
                 if labelled:
@@ -436,32 +353,15 @@ def _msd_task(root: Path, data: dict[str, Any]) -> Task:
     return task_from_dataset_json(root / "dataset.json")
 
 
-def _nnunet(root: Path, task: Task | None) -> Dataset:
+def nnunet_layout(root: Path, task: Task | None) -> Dataset:
     """nnU-Net raw: ``imagesTr/<case>_XXXX<ending>``, ``labelsTr/<case><ending>``, ``dataset.json``."""
     data = _read_json(root / "dataset.json") if (root / "dataset.json").is_file() else {}
     if task is None:
         if not data:
             raise InputError(f"{root}: an nnU-Net folder without dataset.json; pass --task")
         task = task_from_dataset_json(root / "dataset.json")
-    problems, notes = [], []
-    names = _dataset_json_channels(data)
-    count = len(names) or task.num_modalities
-    if count != task.num_modalities:
-        problems.append(
-            f"dataset.json lists {count} channels ({', '.join(names.values())}); task {task.name} needs "
-            f"{task.num_modalities} ({', '.join(task.modalities)})"
-        )
-    order, text = _channel_order(names, task) if names else (None, "")
-    if order is None:
-        order = tuple(range(task.num_modalities))
-        if names:
-            notes.append("channel order taken as the task's (dataset.json names do not say)")
-    else:
-        notes.append(text)
-    label_map, text = _label_map_from_names(_dataset_json_labels(data), task)
-    if text:
-        notes.append(text)
-    mapping = tuple(sorted(label_map.items())) if label_map else ()
+    order, mapping, problems, notes = _dataset_json_block(data, task)
+    count = len(_dataset_json_channels(data)) or task.num_modalities
     ending = str(data.get("file_ending", "")) or None
     cases = []
     for split, labelled in (("imagesTr", True), ("imagesTs", False)):
@@ -469,10 +369,10 @@ def _nnunet(root: Path, task: Task | None) -> Dataset:
         if not folder.is_dir():
             continue
         stems: dict[str, dict[int, Path]] = {}
-        for path in _image_files(folder, recursive=False):
+        for path in image_files(folder, recursive=False):
             if ending and not path.name.endswith(ending):
                 continue
-            match = re.match(r"^(.+)_(\d{4})$", _strip(path.name))
+            match = re.match(r"^(.+)_(\d{4})$", strip_image_suffix(path.name))
             if match:
                 stems.setdefault(match.group(1), {})[int(match.group(2))] = path
         for case_id, files in sorted(stems.items()):
@@ -500,7 +400,7 @@ def _nnunet(root: Path, task: Task | None) -> Dataset:
     )
 
 
-def _case_list(path: Path, task: Task | None) -> Dataset:
+def case_list_layout(path: Path, task: Task | None) -> Dataset:
     """Cases listed in a CSV (header: case, one column per modality or ``image``, ``label``) or JSON file."""
     base = path.parent
     rows: list[dict[str, Any]]
@@ -547,7 +447,7 @@ def _case_list(path: Path, task: Task | None) -> Dataset:
             channels = tuple(range(task.num_modalities))
         label_value = row.get("label") or row.get("seg") or row.get("labels") or None
         first = next((str(p) for p in images if p), "")
-        case_id = str(row.get("case_id") or row.get("case") or row.get("id") or _strip(Path(first).name))
+        case_id = str(row.get("case_id") or row.get("case") or row.get("id") or strip_image_suffix(Path(first).name))
         if any(not p for p in images) or (channels is None and len(images) != task.num_modalities):
             problems.append(
                 f"case {case_id} (entry {number}): needs {task.num_modalities} images "
@@ -574,385 +474,3 @@ def _case_list(path: Path, task: Task | None) -> Dataset:
         [],
         modality_files="as listed",
     )
-
-
-def detect_dataset(root: str | Path, task: Task | str | None = None) -> Dataset:
-    """Recognise the layout of a dataset folder (or case-list file) and list its cases; a clear InputError when no
-    known layout matches. Without ``task`` it is inferred (BraTS, MM-WHS CT/MR by file prefix, dataset.json)."""
-    root = Path(root)
-    task = get_task(task) if isinstance(task, str) else task
-    if not root.exists():
-        raise InputError(f"{root}: no such file or folder")
-    if root.is_file():
-        if root.name == "dataset.json":
-            root = root.parent
-        elif root.suffix.lower() in (".csv", ".json"):
-            return _case_list(root, task)
-        else:
-            raise InputError(f"{root}: give a dataset folder or a .csv/.json case list, not a file")
-    for name in CASE_LISTS:
-        if (root / name).is_file():
-            return _case_list(root / name, task)
-    if root.name in ("imagesTr", "labelsTr", "imagesTs") and (root.parent / "imagesTr").is_dir():
-        root = root.parent
-    if (root / "imagesTr").is_dir():
-        channel_files = [
-            p for p in _image_files(root / "imagesTr", recursive=False) if _strip(p.name).endswith("_0000")
-        ]
-        return _nnunet(root, task) if channel_files else _decathlon(root, task)
-    candidates: list[Task] = [task] if task is not None else []
-    if task is None:
-        names = [p.name.lower() for p in _image_files(root)]
-        ct = sum(n.startswith("ct_") and "_image" in n for n in names)
-        mr = sum(n.startswith("mr_") and "_image" in n for n in names)
-        if ct and mr:
-            raise InputError(f"{root}: holds MM-WHS CT ({ct}) and MR ({mr}) cases; pass --task mmwhs_ct or mmwhs_mr")
-        candidates = [MMWHS_MR if mr else MMWHS_CT, BRATS]
-    for candidate in candidates:
-        finders = (
-            (_image_label_pairs, _per_modality)
-            if candidate.num_modalities == 1 or candidate.name.startswith("mmwhs")
-            else (_per_modality, _image_label_pairs)
-        )
-        for finder in finders:
-            found = finder(root, candidate)
-            if found is not None and (found.cases or found.problems):
-                if found.layout == "mmwhs" and candidate.num_modalities != 1:
-                    continue
-                return found
-    files = _image_files(root)
-    example = f", e.g. {', '.join(p.name for p in files[:3])}" if files else ""
-    wanted = f" for task {task.name}" if task is not None else ""
-    raise InputError(
-        f"{root}: no known dataset layout{wanted} ({len(files)} image files{example}); expected {LAYOUT_HELP}"
-    )
-
-
-def discover_cases(root: str | Path, task: Task) -> list[CaseFiles]:
-    """All cases under ``root`` for ``task``, sorted by id; a clear error when no known layout matches or cases are
-    incomplete."""
-    dataset = detect_dataset(root, task)
-    if dataset.problems:
-        more = f" (and {len(dataset.problems) - 1} more)" if len(dataset.problems) > 1 else ""
-        raise InputError(f"{root}: {dataset.problems[0]}{more}; run `cldl datasets check {root}` for the full list")
-    if not dataset.cases:
-        raise InputError(f"{root}: no {task.name} cases found; expected {LAYOUT_HELP}")
-    return sorted(dataset.cases, key=lambda c: c.case_id)
-
-
-def split_rule(cases: Sequence[CaseFiles]) -> str:
-    """``hgg_lgg`` when every case folder sits in an ``HGG`` or ``LGG`` folder of one parent (BraTS 2018/2019),
-    else ``case_id``."""
-    folders = {c.images[0].parent for c in cases if c.images}
-    if len(folders) == len(cases) and folders and {f.parent.name for f in folders} <= {"HGG", "LGG"}:
-        if len({f.parent.parent for f in folders}) == 1:
-            return "hgg_lgg"
-    return "case_id"
-
-
-def split_cases(cases: Sequence[CaseFiles], val_fraction: float, seed: int) -> tuple[list[CaseFiles], list[CaseFiles]]:
-    """Sort, shuffle with ``seed`` (Python's ``random``) and split into training and validation cases.
-
-    The sort key depends on the layout (:func:`split_rule`): in the BraTS ``{HGG,LGG}/<case>`` layout it is
-    ``HGG/<case>`` / ``LGG/<case>``, the order of the authors' sorted full paths, so that seed 3 and
-    ``val_fraction`` 0.2 give the authors' 228 / 57 split of BraTS 2018 exactly; elsewhere it is the case id.
-    """
-    if split_rule(cases) == "hgg_lgg":
-        ordered = sorted(cases, key=lambda c: f"{c.images[0].parent.parent.name}/{c.images[0].parent.name}")
-    else:
-        ordered = sorted(cases, key=lambda c: c.case_id)
-    random.Random(seed).shuffle(ordered)
-    n_train = len(ordered) - max(1, int(round(len(ordered) * val_fraction))) if len(ordered) > 1 else 1
-    return ordered[:n_train], ordered[n_train:]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# reading cases
-
-
-def _modality_arrays(case: CaseFiles, task: Task) -> tuple[list[np.ndarray], list[Geometry], list[str]]:
-    """One float32 array per task modality with its geometry and a display name."""
-    arrays, geometries, names = [], [], []
-    if case.channels is not None:
-        if len(case.images) != 1:
-            raise InputError(f"case {case.case_id}: channels are given for {len(case.images)} files; expected one")
-        data, geometry = read_channels(case.images[0], np.float32)
-        if data.shape[0] <= max(case.channels) or data.shape[0] != task.num_modalities:
-            raise InputError(
-                f"case {case.case_id}: {case.images[0].name} has {data.shape[0]} channel(s); task {task.name} "
-                f"needs {task.num_modalities} ({', '.join(task.modalities)})"
-            )
-        for index, modality in zip(case.channels, task.modalities):
-            arrays.append(data[index])
-            geometries.append(geometry)
-            names.append(f"{modality} (channel {index} of {case.images[0].name})")
-        return arrays, geometries, names
-    if len(case.images) != task.num_modalities:
-        raise InputError(
-            f"case {case.case_id}: {len(case.images)} image(s) for task {task.name}, which needs "
-            f"{task.num_modalities} ({', '.join(task.modalities)})"
-        )
-    try:
-        check_distinct_files(case.images, task.modalities)
-    except InputError as exc:
-        raise InputError(f"case {case.case_id}: {exc}") from None
-    for path, modality in zip(case.images, task.modalities):
-        data, geometry = read_channels(path, np.float32)
-        if data.shape[0] != 1:
-            raise InputError(
-                f"case {case.case_id}: {path.name} has {data.shape[0]} channels; expected one ({modality})"
-            )
-        arrays.append(data[0])
-        geometries.append(geometry)
-        names.append(f"{modality} ({path.name})")
-    return arrays, geometries, names
-
-
-def map_label_values(labels: np.ndarray, mapping: Iterable[tuple[int, int]]) -> np.ndarray:
-    """Replace source label values by target values (all at once, so 1->2 and 2->1 swap correctly)."""
-    mapping = dict(mapping)
-    if not mapping:
-        return labels
-    values, inverse = np.unique(labels, return_inverse=True)
-    mapped = np.array([mapping.get(int(v), int(v)) for v in values], dtype=np.int32)
-    dtype = np.uint8 if mapped.size and mapped.min() >= 0 and mapped.max() <= 255 else np.int16
-    return mapped.astype(dtype)[inverse.reshape(labels.shape)]
-
-
-def _label_values(case: CaseFiles, task: Task, raw: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Mapped label values and warnings about stray values (or an InputError for values outside the task)."""
-    mapping = dict(case.label_map)
-    values, counts = np.unique(raw, return_counts=True)
-    notes = []
-    for value, count in zip(values.tolist(), counts.tolist()):
-        if value in mapping and case.unknown_labels == "background" and value not in task.label_values:
-            notes.append(f"label value {value} ({count} voxels) read as {mapping[value]}")
-    mapped = map_label_values(raw, mapping.items())
-    stray = sorted(set(np.unique(mapped).tolist()) - set(task.label_values))
-    if stray:
-        if case.unknown_labels != "background":
-            raise InputError(
-                f"case {case.case_id}: label values {stray} are not part of task {task.name!r} "
-                f"(expected {list(task.label_values)})"
-            )
-        counts_by_value = dict(zip(*np.unique(mapped, return_counts=True)))
-        listed = ", ".join(f"{v} ({int(counts_by_value[v])} voxels)" for v in stray)
-        notes.append(f"label values {listed} are not {task.name} labels; read as background")
-    return mapped, notes
-
-
-def read_case(
-    case: CaseFiles, task: Task, image_kind: str = "mr"
-) -> tuple[np.ndarray, Geometry, np.ndarray | None, list[str]]:
-    """Images ``C x z x y x`` (float32, on the first modality's grid), their geometry, the label map in task values
-    (or None) and notes on stray label values; modalities or labels on another grid are resampled with a warning."""
-    arrays, geometries, names = _modality_arrays(case, task)
-    images, geometry = stack_channels(arrays, geometries, names, image_kind)
-    try:
-        check_mixups(images, names)
-    except InputError as exc:
-        raise InputError(f"case {case.case_id}: {exc}") from None
-    labels, notes = None, []
-    if case.label is not None:
-        try:
-            raw, label_geometry = read_labels(case.label, task)
-        except ImageError as exc:
-            raise InputError(f"case {case.case_id}: {exc}") from None
-        placed = raw if label_geometry.matches(geometry) else None
-        if placed is None and case.label.name.lower().endswith(SEG_SUFFIX):  # Slicer crops to the segments
-            placed = labels_on_grid(raw, label_geometry, geometry)
-        if placed is None:
-            placed = align(raw, label_geometry, geometry, f"label map {case.label.name}", names[0], "nearest")
-        raw = placed
-        labels, notes = _label_values(case, task, raw)
-        for note in notes:
-            warnings.warn(f"case {case.case_id}: {note}", stacklevel=2)
-    return images, geometry, labels, notes
-
-
-def load_case(case: CaseFiles, task: Task, config: PreprocessConfig) -> Preprocessed:
-    """Read and preprocess one case; labels become class indices (uint8)."""
-    images, geometry, labels, _ = read_case(case, task, config.image_kind)
-    classes = None if labels is None else task.labels_to_classes(labels, unknown="background")
-    try:
-        return preprocess(images, config, task.modalities, classes, geometry=geometry)
-    except InputError as exc:
-        raise InputError(f"case {case.case_id}: {exc}") from None
-
-
-# --------------------------------------------------------------------------------------------------------------
-# checking
-
-
-@dataclass
-class CheckReport:
-    """What ``cldl datasets check`` found."""
-
-    dataset: Dataset
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    label_values: dict[int, int] = field(default_factory=dict)  # value (as in the files) -> number of cases
-    spacings: list[tuple[float, float, float]] = field(default_factory=list)
-    sizes: list[tuple[int, int, int]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """No problem found."""
-        return not self.problems
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        d = self.dataset
-        return {
-            "root": str(d.root),
-            "layout": d.layout,
-            "description": d.description,
-            "task": d.task.name,
-            "modalities": list(d.task.modalities),
-            "cases": len(d.cases),
-            "labelled": len(d.labelled),
-            "label_values": {str(k): v for k, v in sorted(self.label_values.items())},
-            "notes": d.notes,
-            "problems": self.problems,
-            "warnings": self.warnings,
-            "ok": self.ok,
-        }
-
-    def lines(self) -> list[str]:
-        """The human-readable report."""
-        d = self.dataset
-        out = [
-            f"dataset: {d.root}",
-            f"layout: {d.layout} - {d.description}",
-            f"task: {d.task.name} (labels {', '.join(map(str, d.task.label_values))})",
-            f"cases: {len(d.cases)} ({len(d.labelled)} with a label map, {len(d.cases) - len(d.labelled)} without)",
-            f"modalities: {', '.join(d.task.modalities)} ({d.modality_files})",
-        ]
-        if self.label_values:
-            found = ", ".join(f"{v} ({n} case{'s' if n != 1 else ''})" for v, n in sorted(self.label_values.items()))
-            out.append(f"label values found: {found}")
-        if self.spacings:
-            spacing = np.asarray(self.spacings)
-            low, high = spacing.min(axis=0), spacing.max(axis=0)
-            out.append(
-                "spacing (mm, x y z): "
-                + " ".join(f"{a:.3g}" if a == b else f"{a:.3g}-{b:.3g}" for a, b in zip(low, high))
-            )
-            size = np.asarray(self.sizes)
-            out.append(
-                "size (x y z): "
-                + " ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in zip(size.min(axis=0), size.max(axis=0)))
-            )
-        out += [f"note: {n}" for n in d.notes]
-        out += [f"warning: {w}" for w in self.warnings]
-        out += [f"problem: {p}" for p in self.problems]
-        out.append("OK: no problems found" if self.ok else f"{len(self.problems)} problem(s) found")
-        return out
-
-
-def _check_case(case: CaseFiles, task: Task, report: CheckReport) -> None:
-    """Read every file of a case and record every problem (never raises for data problems)."""
-    prefix = f"case {case.case_id}: "
-    arrays, geometries, names = [], [], []
-    try:
-        arrays, geometries, names = _modality_arrays(case, task)
-    except (ImageError, InputError) as exc:
-        message = str(exc)
-        report.problems.append(message if message.startswith("case ") else prefix + message)
-        # keep checking the other files of the case one by one
-        for path in case.images:
-            if case.channels is None:
-                try:
-                    read_channels(path)
-                except ImageError as inner:
-                    if str(inner) not in message:
-                        report.problems.append(prefix + str(inner))
-        arrays = []
-    if arrays and _same_shape(arrays):
-        stacked = np.stack(arrays)
-        errors, notes = mixup_problems(stacked, names)
-        report.problems += [prefix + problem for problem in image_problems(stacked, names) + errors]
-        report.warnings += [prefix + note for note in notes]
-    if arrays and not _same_shape(arrays):
-        for array, name in zip(arrays, names):
-            for problem in image_problems(array[np.newaxis], [name]):
-                report.problems.append(prefix + problem)
-    reference = geometries[0] if arrays else None
-    for geometry, name in zip(geometries[1:] if arrays else [], names[1:]):
-        if not geometry.matches(reference):
-            if overlap_fraction(geometry, reference) == 0.0:
-                report.problems.append(prefix + f"{name} does not overlap {names[0]} ({geometry.describe()})")
-            else:
-                report.warnings.append(
-                    prefix + f"{name} is not on the grid of {names[0]} ({geometry.describe(reference)} vs "
-                    f"{reference.describe(geometry)}); it will be resampled onto it"
-                )
-    if reference is not None:
-        report.spacings.append(reference.spacing)
-        report.sizes.append(reference.size)
-    if case.label is None:
-        return
-    try:
-        raw, label_geometry = read_labels(case.label, task)
-    except ImageError as exc:
-        report.problems.append(prefix + str(exc))
-        return
-    for value in np.unique(raw).tolist():
-        report.label_values[int(value)] = report.label_values.get(int(value), 0) + 1
-    aligned = label_geometry.matches(reference) if reference is not None else True
-    if not aligned and case.label.name.lower().endswith(SEG_SUFFIX):
-        aligned = labels_on_grid(raw, label_geometry, reference) is not None
-    if reference is not None and not aligned:
-        if overlap_fraction(label_geometry, reference) == 0.0:
-            report.problems.append(prefix + f"the label map does not overlap the images ({label_geometry.describe()})")
-        else:
-            report.warnings.append(
-                prefix + f"the label map is not on the image grid ({label_geometry.describe(reference)} vs "
-                f"{reference.describe(label_geometry)}); it will be resampled (nearest neighbour)"
-            )
-    try:
-        _, notes = _label_values(case, task, raw)
-    except InputError as exc:
-        report.problems.append(str(exc))
-    else:
-        report.warnings += [prefix + n for n in notes]
-
-
-def _same_shape(arrays: list[np.ndarray]) -> bool:
-    """Whether all arrays have the same shape."""
-    return len({a.shape for a in arrays}) == 1
-
-
-def check_dataset(dataset: Dataset, progress: Callable[[int, int], None] | None = None) -> CheckReport:
-    """Read every file of every case and report every problem found (never stops at the first)."""
-    report = CheckReport(dataset, problems=list(dataset.problems))
-    if not dataset.cases and not dataset.problems:
-        report.problems.append("no cases found")
-    total = len(dataset.cases)
-    for index, case in enumerate(dataset.cases):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # everything is reported in the report instead
-            _check_case(case, dataset.task, report)
-        if progress is not None:
-            progress(index + 1, total)
-    if dataset.cases and not dataset.labelled:
-        report.warnings.append("no case has a label map: this dataset can be segmented and evaluated, not trained on")
-    return report
-
-
-__all__ = [
-    "CaseFiles",
-    "CheckReport",
-    "Dataset",
-    "check_dataset",
-    "check_distinct_files",
-    "check_mixups",
-    "detect_dataset",
-    "discover_cases",
-    "load_case",
-    "map_label_values",
-    "mixup_problems",
-    "read_case",
-    "split_cases",
-    "split_rule",
-]

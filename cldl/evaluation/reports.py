@@ -98,7 +98,7 @@ def _read_classes(
     path: Path, task: Task, label_map: tuple[tuple[int, int], ...] = (), unknown: str = "error"
 ) -> tuple[np.ndarray, Geometry]:
     """Class indices of a label file (label image or .seg.nrrd), with an optional value map."""
-    from ..data.layouts import map_label_values
+    from ..data.cases import map_label_values
 
     try:
         labels, geometry = read_labels(path, task)
@@ -266,7 +266,8 @@ def _images_by_id(folder: Path, pattern: re.Pattern | None = None) -> dict[str, 
 def _references(ref: Path, task: Task) -> dict[str, tuple[Path, tuple[tuple[int, int], ...], str]]:
     """Reference label maps by case id: a dataset folder in any known layout (its label-value mapping applied,
     e.g. MSD -> BraTS), or a folder of label files."""
-    from ..data.layouts import InputError, detect_dataset
+    from ..data.discovery import detect_dataset
+    from ..data.preprocess import InputError
 
     try:
         dataset = detect_dataset(ref, task)
@@ -307,7 +308,8 @@ def _masks(setting: str | Path | None, task: Task, ids: Sequence[str]) -> dict[s
     first modality's non-zero voxels are used (as the QU-BraTS evaluation does with the T1 image)."""
     if setting is None:
         return {}
-    from ..data.layouts import InputError, detect_dataset
+    from ..data.discovery import detect_dataset
+    from ..data.preprocess import InputError
 
     path = Path(setting)
     if path.is_file():

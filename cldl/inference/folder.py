@@ -1,6 +1,6 @@
 """Whole-folder segmentation: one model load, the next case read while the current one runs, resumable.
 
-``cldl segment -i DATASET_DIR -o OUTPUT_DIR`` takes any layout :func:`cldl.data.layouts.detect_dataset` knows and
+``cldl segment -i DATASET_DIR -o OUTPUT_DIR`` takes any layout :func:`cldl.data.discovery.detect_dataset` knows and
 writes ``OUTPUT_DIR/<case>.nii.gz`` per case (and, when asked, ``<case>.nii.gz`` in the uncertainty and probability
 folders, and the region maps of ``--ldl-maps DIR`` into ``DIR/<case>/``, named as one case's ``--ldl-maps`` names
 them, plus ``ldl_maps.json`` listing them). A case counts as finished when every requested output of it exists:
@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data.layouts import CaseFiles, detect_dataset, discover_cases, read_case
+from ..data.cases import read_case
+from ..data.discovery import detect_dataset, discover_cases
+from ..data.layouts import CaseFiles
 from ..events import Reporter
 from ..files.atomic_writes import FileState, atomic_outputs, file_states
 from ..files.geometry import Geometry

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..data.layouts import check_mixups, check_modality_order
+from ..data.cases import check_mixups, check_modality_order
 from ..data.preprocess import (
     InputError,
     Preprocessed,

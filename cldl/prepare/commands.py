@@ -50,7 +50,7 @@ def _progress(reporter: Reporter) -> Any:
 
 def cmd_prepare(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl prepare``: co-register, resample onto one 1 mm grid and skull-strip one case's sequences."""
-    from ..data.layouts import check_modality_order
+    from ..data.cases import check_modality_order
     from .pipeline import PrepareError, output_files, prepare_case, reference_index, write_prepared
 
     task = _task(args.model)
@@ -113,7 +113,7 @@ def predict_prepared(
 ) -> tuple[Any, Any, Any]:
     """Prepare one case, segment it on the prepared grid and return the prediction on the reference sequence's
     original grid, that grid and the prepared case (:class:`cldl.prepare.pipeline.PreparedCase`)."""
-    from ..data.layouts import check_mixups, check_modality_order
+    from ..data.cases import check_mixups, check_modality_order
     from .pipeline import PrepareError, prediction_on_grid, prepare_case
 
     task = predictor.task

@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint
-from ..data.layouts import CaseFiles, discover_cases, load_case, split_cases
+from ..data.cases import load_case
+from ..data.discovery import discover_cases, split_cases
+from ..data.layouts import CaseFiles
 from ..data.preprocess import PreprocessConfig
 from ..evaluation.calibration import ECE_BINS, calibration, qu_brats_score
 from ..evaluation.overlap import dice
