@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import vtkmodules.vtkRenderingCore  # noqa: F401  (the tests need VTK)
 
-from cldl import render
-from cldl.render import IMAGE_VIEWPORT, PANEL_VIEWPORT, inferno_rgb, pick_tumour_slice, snapshot
+from cldl.render import palette
+from cldl.render.palette import inferno_rgb, pick_tumour_slice
+from cldl.render.snapshot import IMAGE_VIEWPORT, PANEL_VIEWPORT, snapshot
 
 CYAN = (0.1, 0.9, 0.95)  # class 1
 GREEN = (0.2, 1.0, 0.2)  # class 2
@@ -177,13 +178,13 @@ def test_physical_aspect_and_orientation(tmp_path):
 
 
 def test_uint8_uncertainty_is_scaled(tmp_path):
-    assert np.allclose(render._as_unit_uncertainty(np.array([0, 128, 255], np.uint8)), [0.0, 128 / 255, 1.0])
+    assert np.allclose(palette.as_unit_uncertainty(np.array([0, 128, 255], np.uint8)), [0.0, 128 / 255, 1.0])
     image = np.zeros((2, 30, 30), np.float32)  # black image: the overlay colour shows unblended
     classes = np.zeros(image.shape, np.uint8)
     unc = np.full(image.shape, 128, np.uint8)
     path = snapshot(image, classes, unc, (1, 1, 1), tmp_path / "u8.png", COLORS, NAMES, size=SIZE)
     view = _region(_read_png(path), IMAGE_VIEWPORT)
-    expected = render.uncertainty_alpha(128 / 255) * inferno_rgb(128 / 255)
+    expected = palette.uncertainty_alpha(128 / 255) * inferno_rgb(128 / 255)
     assert _near(view, expected, tol=8).sum() > 0.3 * view.shape[0] * view.shape[1]
 
 
@@ -196,7 +197,7 @@ def test_missing_vtk_raises_clear_error(volume, tmp_path, monkeypatch):
 
 def test_import_does_not_import_vtk():
     code = (
-        "import sys, cldl.render\n"
+        "import sys, cldl.render.palette, cldl.render.snapshot\n"
         "bad = sorted(m for m in sys.modules if m == 'vtk' or m.startswith('vtkmodules'))\n"
         "assert not bad, bad\n"
     )

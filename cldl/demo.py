@@ -73,7 +73,7 @@ def run_demo(
         }
         staged.path(out / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         try:
-            from .render import snapshot
+            from .render.snapshot import snapshot
 
             flair = case.images[task.modalities.index("flair")]
             snapshot(

@@ -2,7 +2,7 @@
 and a colour legend, in the foreground layer of the slice views over the input.
 
 Colour map: Slicer's Inferno, else Viridis, else a built-in inferno table (the same colours as the engine's
-snapshots, ``cldl.render.inferno_rgb``). Values below the transparency threshold are hidden with the display
+snapshots, ``cldl.render.palette.inferno_rgb``). Values below the transparency threshold are hidden with the display
 node's lower threshold (thresholded voxels are transparent in the slice views); the opacity is the slice views'
 foreground opacity.
 """
@@ -43,7 +43,7 @@ def fallbackColors(entries: int = 256) -> np.ndarray:
     """RGB rows of the built-in inferno table (the engine's colour map, or a grey ramp without the engine)."""
     values = (np.arange(entries) + 0.5) / entries
     try:
-        from cldl.render import inferno_rgb
+        from cldl.render.palette import inferno_rgb
 
         return inferno_rgb(values)
     except ImportError:  # pragma: no cover - the engine ships with the extension
