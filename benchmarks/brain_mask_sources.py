@@ -19,7 +19,7 @@ from _common import command_line, machine_summary
 
 from cldl.data.anatomy import REALISTIC, anatomy_case
 from cldl.data.raw_scans import raw_case
-from cldl.io import write_image
+from cldl.files.images import write_image
 from cldl.prepare.brain_mask import brain_mask, extend_over_edema
 from cldl.prepare.pipeline import prepare_case
 from cldl.tasks import BRATS
