@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from cldl.cli import main
+from cldl.commands.main import main
 from cldl.data.phantoms import brats_phantom, write_case
 from cldl.method.network import ModelConfig, ModelOutput
 from cldl.study.runner import EvalCase, Study, band_dice, boundary_band, distribution_error, run_study, stage_errors

@@ -155,7 +155,7 @@ def test_test_anatomy_from_a_t1_recovers_the_tissues(tmp_path: Path) -> None:
 
 
 def test_synth_command_writes_a_brats_layout_and_skips_complete_cases(tmp_path: Path, capsys) -> None:
-    from cldl.cli import main
+    from cldl.commands.main import main
     from cldl.data.discovery import discover_cases
 
     config = tmp_path / "small.json"

@@ -72,7 +72,7 @@ def without_torch(name):
         raise importlib.metadata.PackageNotFoundError(name)
     return version(name)
 importlib.metadata.version = without_torch
-from cldl.cli import main
+from cldl.commands.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from cldl.checkpoint import load_checkpoint
-from cldl.cli import main
+from cldl.commands.main import main
 from cldl.files.geometry import Geometry
 from cldl.files.images import read_image, write_image
 from cldl.registry import DEFAULT_MODEL

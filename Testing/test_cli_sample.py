@@ -13,7 +13,8 @@ import slicer_testing  # noqa: F401  (puts the module folders on sys.path)
 from CLDLSegmentationLib.sampledata import findSampleFiles, sampleFolder
 
 import cldl.data.anatomy
-from cldl.cli import SAMPLE_SEED, main
+from cldl.commands.main import main
+from cldl.commands.sample import SAMPLE_SEED
 from cldl.data.phantoms import COMPACT_MAXIMUM, brats_phantom, compact_case
 from cldl.files.images import read_image
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_datasets_layouts import build_brats2018, build_case_list, build_mmwhs, build_msd, build_nnunet
 
-from cldl.cli import main
+from cldl.commands.main import main
 from cldl.data.discovery import detect_dataset
 from cldl.files.images import read_image, write_image
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cldl.cli import main
+from cldl.commands.main import main
 from cldl.data.cache import PreprocessCache, case_key, open_cache
 from cldl.data.cases import load_case, map_label_values, read_case
 from cldl.data.check import check_dataset

@@ -207,12 +207,13 @@ def test_a_launched_process_ends_with_its_code_and_everything_it_printed(tmp_pat
 
 
 def test_the_training_command_ends_launched_processes_early_and_only_them(monkeypatch, tmp_path: Path) -> None:
-    import cldl.cli as cli
+    import cldl.commands.main as cli
+    import cldl.commands.train as train_command
     import cldl.distributed as distributed
 
     ended: list[int] = []
     monkeypatch.setattr(distributed, "end_launched_process", ended.append)
-    monkeypatch.setattr(cli, "cmd_train", lambda args, reporter: 0)
+    monkeypatch.setattr(train_command, "run", lambda args, reporter: 0)
     monkeypatch.delenv("RANK", raising=False)
     assert cli.main(["train", "--out", str(tmp_path)]) == 0 and ended == []  # alone: an ordinary return
     monkeypatch.setenv("RANK", "1")

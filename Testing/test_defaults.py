@@ -27,7 +27,7 @@ def test_train_config_defaults_are_imported() -> None:
 
 
 def test_cli_overlap_default_is_imported() -> None:
-    tree = ast.parse((ROOT / "cldl" / "cli.py").read_text())
+    tree = ast.parse((ROOT / "cldl" / "commands" / "segment.py").read_text())
     overlap = [
         call
         for call in ast.walk(tree)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from cldl.checkpoint import load_checkpoint
-from cldl.cli import main
+from cldl.commands.demo import evaluate_on_phantoms
+from cldl.commands.main import main
 from cldl.data.anatomy import REALISTIC, anatomy_case
-from cldl.demo import evaluate_on_phantoms
 from cldl.evaluation.overlap import dice
 from cldl.files.images import read_image
 from cldl.inference.predictor import Predictor

@@ -17,7 +17,7 @@ with warnings.catch_warnings():
     import medpy.metric.binary as medpy_binary
 from nibabel.testing import data_path
 
-from cldl.cli import main
+from cldl.commands.main import main
 from cldl.files.geometry import Geometry
 from cldl.files.images import read_image, write_image, write_unit_interval
 from cldl.files.label_maps import write_labels

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import torch
 
 from cldl.checkpoint import load_checkpoint, save_checkpoint
-from cldl.cli import main
+from cldl.commands.main import main
 from cldl.data.cache import PreprocessCache
 from cldl.data.cases import check_mixups, mixup_problems
 from cldl.data.discovery import detect_dataset
@@ -390,7 +390,7 @@ def test_payload_problem_of_written_files(tmp_path: Path) -> None:
 def test_a_demo_that_fails_while_writing_keeps_the_previous_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cldl.demo import run_demo
+    from cldl.commands.demo import run_demo
 
     out = tmp_path / "demo"
     out.mkdir()

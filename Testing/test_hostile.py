@@ -17,7 +17,7 @@ import pytest
 from conftest import random_checkpoint
 
 from cldl.checkpoint import save_checkpoint
-from cldl.cli import main
+from cldl.commands.main import main
 from cldl.files import atomic_writes as atomic
 from cldl.files.images import read_image, write_image
 from cldl.tasks import BRATS

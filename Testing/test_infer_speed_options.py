@@ -10,7 +10,7 @@ import torch
 from conftest import random_checkpoint
 
 from cldl.checkpoint import Checkpoint
-from cldl.cli import main
+from cldl.commands.main import main
 from cldl.data.phantoms import brats_phantom
 from cldl.data.preprocess import PreprocessConfig, normalize, normalize_tensor
 from cldl.files.images import read_image

@@ -90,7 +90,7 @@ def test_assignment_is_optimal() -> None:
 
 def test_cli_reports_lesion_wise_in_summary(tmp_path: Path, capsys) -> None:
     """``cldl evaluate --lesion-wise`` adds the lesion-wise metrics to the cases, the summary and the conventions."""
-    from cldl.cli import main
+    from cldl.commands.main import main
 
     pred, ref = make_fixture.cases()["BraTS-GLI-00002-000"]
     make_fixture.write_case(np.where(pred == 3, 4, pred), tmp_path / "pred.nii.gz")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cldl.cli import main
+from cldl.commands.main import main
 from cldl.data.anatomy import REALISTIC, anatomy_case
 from cldl.data.raw_scans import Acquisition, RawCase, acquire, raw_case, scanner_grid
 from cldl.evaluation.overlap import dice

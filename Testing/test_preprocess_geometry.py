@@ -255,7 +255,7 @@ def test_segment_cli_returns_identical_geometry_for_oblique_anisotropic_inputs(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     """Done-means: a segmented oblique, anisotropic input comes back on exactly its grid, in every format."""
-    from cldl.cli import main
+    from cldl.commands.main import main
 
     case = brats_phantom(8, shape=(20, 36, 32), spacing=(3.0, 0.9, 1.2))
     geometry = Geometry(
@@ -285,7 +285,7 @@ def test_segment_cli_returns_identical_geometry_for_oblique_anisotropic_inputs(
 def test_segment_refuses_images_in_the_wrong_order(
     tiny_checkpoint: Path, phantom_files: dict[str, Path], tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    from cldl.cli import main
+    from cldl.commands.main import main
 
     images = [str(phantom_files[m]) for m in ("t1", "flair", "t1ce", "t2")]
     output = tmp_path / "out.nii.gz"

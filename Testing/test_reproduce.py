@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_datasets_layouts import build_brats2018, build_mmwhs
 
-from cldl.cli import main
+from cldl.commands.main import main
 from cldl.data.augment import preset, spatial_matrix
 from cldl.data.preprocess import PreprocessConfig, preprocess
 from cldl.evaluation.reports import relabel_small_et

@@ -12,7 +12,7 @@ from conftest import random_checkpoint
 
 import cldl.inference.folder
 from cldl.checkpoint import save_checkpoint
-from cldl.cli import main
+from cldl.commands.main import main
 from cldl.data.phantoms import brats_phantom, write_case
 from cldl.files.images import read_image
 from cldl.tasks import BRATS

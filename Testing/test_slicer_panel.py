@@ -142,7 +142,7 @@ def test_training_folder_rules(tmp_path: Path) -> None:
 
 def test_defaults_have_one_home() -> None:
     """The engine's defaults (cldl.defaults) are what the engine, its CLI and the Slicer modules use."""
-    from cldl.cli import build_parser
+    from cldl.commands.main import build_parser
     from cldl.inference.predictor import DEFAULT_OVERLAP
     from cldl.method.curriculum import CURRICULUM_MODES
     from cldl.tasks import BUILTIN_TASKS

@@ -158,7 +158,7 @@ def test_engine_command_and_environment() -> None:
     assert command[:3] == [sys.executable, "-m", "cldl"]
     env = engineEnvironment({"CLDL_TEST": "1"})
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(engineRoot())
-    assert (engineRoot() / "cldl" / "cli.py").is_file()
+    assert (engineRoot() / "cldl" / "commands" / "main.py").is_file()
     assert env["PYTHONUNBUFFERED"] == "1" and env["CLDL_TEST"] == "1"
     process = JsonLinesProcess(command, env=env).start()
     assert process.wait(timeout=60) == 0

@@ -21,7 +21,7 @@ import torch
 from conftest import tiny_config
 
 from cldl.checkpoint import Checkpoint, load_checkpoint
-from cldl.cli import build_parser
+from cldl.commands.main import build_parser
 from cldl.data.preprocess import PreprocessConfig
 from cldl.distributed import StopSignals, weights_digest
 from cldl.events import Reporter

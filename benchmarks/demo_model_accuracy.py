@@ -10,7 +10,7 @@ import json
 import sys
 import time
 
-from cldl.demo import evaluate_on_phantoms
+from cldl.commands.demo import evaluate_on_phantoms
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
-"""Every default the engine and the Slicer modules share, in one torch-free place.
+"""Every default and choice list the engine and the Slicer modules share, in one torch-free place.
 
-The engine (``infer``, ``curriculum``, ``train``, ``cli``) and the Slicer parameter nodes read these names, so
+The engine (``infer``, ``curriculum``, ``train``, the commands) and the Slicer parameter nodes read these names, so
 that a default changes in one line; ``Testing/test_defaults.py`` checks that every user agrees.
 """
 
@@ -28,6 +28,11 @@ PATCH_MULTIPLE = 16
 #: The largest image file read, in GB of voxel data as its header promises (BraTS: 0.04, a 512x512x1000 CT: 0.5);
 #: ``--max-image-gb`` raises it.
 MAX_IMAGE_GB = 2.0
+#: The choice lists of the command line and the Slicer modules' combo boxes.
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")  # the network's arithmetic at inference (cldl.precision)
+UNCERTAINTY_MAPS = ("entropy", "max_prob")  # normalised entropy, 1 - max probability (cldl.distributions)
+SKULL_STRIP_CHOICES = ("auto", "yes", "no")  # preparation of raw scans (cldl.prepare)
 #: The oldest torch the engine supports.
 TORCH_MINIMUM = (2, 1)
 TORCH_REQUIREMENT = ">=" + ".".join(str(v) for v in TORCH_MINIMUM)
@@ -39,6 +44,12 @@ def check_patch_size(size: int | Sequence[int]) -> list[int]:
     if len(sides) != 3 or any(s <= 0 or s % PATCH_MULTIPLE for s in sides):
         raise ValueError(f"the patch size must be three positive multiples of {PATCH_MULTIPLE}, got {size}")
     return sides
+
+
+def reference_modality(modalities: Sequence[str]) -> str:
+    """The sequence preparation registers the others to: T1ce when the model takes it (as the BraTS pipeline), else
+    the first input (the single input of MM-WHS)."""
+    return "t1ce" if "t1ce" in modalities else modalities[0]
 
 
 def torch_supported(version: str) -> bool:

@@ -25,8 +25,7 @@ from typing import Any
 
 import slicer
 
-from cldl.defaults import OVERLAP
-from cldl.prepare.commands import SKULL_STRIP_CHOICES, reference_modality
+from cldl.defaults import OVERLAP, SKULL_STRIP_CHOICES, reference_modality
 
 from .cases import CaseQueue, CaseRun, LoadedCase
 from .models import ModelInfo, defaultModel, describeModel

@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ..defaults import SKULL_STRIP_CHOICES, reference_modality
 from ..files.atomic_writes import StagedOutputs, atomic_outputs
 from ..files.geometry import Geometry, overlap_fraction, resample_vector, vector_image
 from ..files.images import ImageError, read_image, write_image
@@ -29,7 +30,6 @@ from ..inference.region_maps import StageMaps
 from ..method.distributions import UNCERTAINTY_MAPS
 from ..tasks import MODALITY_ALIASES, Task
 from .brain_mask import brain_mask, extend_over_edema, looks_skull_stripped
-from .commands import SKULL_STRIP_CHOICES, reference_modality
 from .registration import MetricImage, RigidResult, metric_image, register_rigid
 
 GRID_SPACING_MM = 1.0

@@ -1,4 +1,5 @@
-"""The command-line side of preparation: ``cldl prepare`` and the prepared path of ``cldl segment --prepare``."""
+"""``cldl prepare`` (co-register, resample, skull-strip one case) and the prepared path of
+``cldl segment --prepare``."""
 
 from __future__ import annotations
 
@@ -8,15 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..defaults import SKULL_STRIP_CHOICES
 from ..events import Reporter
-
-SKULL_STRIP_CHOICES = ("auto", "yes", "no")
-
-
-def reference_modality(modalities: Sequence[str]) -> str:
-    """The sequence the others are registered to: T1ce when the model takes it (as the BraTS pipeline), else the
-    first input (the single input of MM-WHS). Light on imports: Slicer's module uses it too."""
-    return "t1ce" if "t1ce" in modalities else modalities[0]
+from .common import add_progress
 
 
 def add_prepare_options(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +30,33 @@ def add_prepare_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """The ``cldl prepare`` command and its flags."""
+    prep = subparsers.add_parser(
+        "prepare",
+        help="co-register, resample and skull-strip raw scans of one case",
+        description="Prepare raw scans as they come from a scanner: register every sequence rigidly to the "
+        "reference (mutual information), resample all onto one 1 mm grid in the reference's frame, and "
+        "skull-strip brain MRI (deepbet's networks, offline). Writes OUT/<sequence>.nii.gz, brain_mask.nii.gz, "
+        "<sequence>_to_<reference>.tfm (ITK/Slicer), prepare.json (what was found) and qc.png (a picture to check "
+        "the alignment). See docs/prepare.md.",
+    )
+    prep.add_argument(
+        "-i",
+        "--images",
+        nargs="+",
+        required=True,
+        type=Path,
+        metavar="IMAGE",
+        help="one image per sequence, in the model's order (NIfTI, NRRD, MetaImage or a DICOM series folder)",
+    )
+    prep.add_argument("-o", "--out", required=True, type=Path, metavar="OUTDIR", help="output folder")
+    prep.add_argument("--model", default=None, help="model whose inputs these are (default: the default model)")
+    add_prepare_options(prep)
+    prep.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_progress(prep)
+
+
 def _task(model: str | None) -> Any:
     """The task of a model name or checkpoint (default: the default model's)."""
     from ..checkpoint import load_checkpoint
@@ -48,10 +70,10 @@ def _progress(reporter: Reporter) -> Any:
     return lambda stage, done, total: reporter.progress(stage, done, total)
 
 
-def cmd_prepare(args: argparse.Namespace, reporter: Reporter) -> int:
+def run(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl prepare``: co-register, resample onto one 1 mm grid and skull-strip one case's sequences."""
     from ..data.cases import check_modality_order
-    from .pipeline import PrepareError, output_files, prepare_case, reference_index, write_prepared
+    from ..prepare.pipeline import PrepareError, output_files, prepare_case, reference_index, write_prepared
 
     task = _task(args.model)
     if len(args.images) != task.num_modalities:
@@ -114,7 +136,7 @@ def predict_prepared(
     """Prepare one case, segment it on the prepared grid and return the prediction on the reference sequence's
     original grid, that grid and the prepared case (:class:`cldl.prepare.pipeline.PreparedCase`)."""
     from ..data.cases import check_mixups, check_modality_order
-    from .pipeline import PrepareError, prediction_on_grid, prepare_case
+    from ..prepare.pipeline import PrepareError, prediction_on_grid, prepare_case
 
     task = predictor.task
     if len(paths) != task.num_modalities:
