@@ -13,7 +13,8 @@ from cldl.data.preprocess import PreprocessConfig
 from cldl.events import Reporter
 from cldl.method.network import ModelConfig, UNetLDL
 from cldl.tasks import BRATS
-from cldl.train import TrainConfig, Trainer
+from cldl.training.config import TrainConfig
+from cldl.training.trainer import Trainer
 
 torch.set_num_threads(2)
 

@@ -25,7 +25,8 @@ from cldl.data.augment import (
 from cldl.data.phantoms import brats_phantom
 from cldl.data.preprocess import PreprocessConfig, preprocess
 from cldl.tasks import BRATS
-from cldl.train import PatchSampler, TrainConfig
+from cldl.training.config import TrainConfig
+from cldl.training.sampler import PatchSampler
 
 
 def _volume(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -54,10 +54,11 @@ def _worker(out: str, results: str, epochs: int, stop_call: int) -> None:
     """One rank: train (rank 1 asks to stop at its ``stop_call``-th check), record checkpoint writes, report."""
     import torch
 
-    import cldl.train as train_module
-    from cldl.distributed import init_distributed, shutdown
+    import cldl.training.trainer as train_module
     from cldl.events import Reporter
-    from cldl.train import Trainer, validate
+    from cldl.training.distributed import init_distributed, shutdown
+    from cldl.training.trainer import Trainer
+    from cldl.training.validation import validate
 
     config = _config(epochs=epochs)  # imports conftest, which sets 2 threads for the test suite
     torch.set_num_threads(1)  # as the `cldl train` ranks (OMP_NUM_THREADS=1): on some CPUs (AVX-512) gradients
@@ -108,7 +109,7 @@ def _metrics(folder: Path) -> list[dict]:
 
 def test_two_ranks_identical_weights_one_writer_and_exact_resume(tmp_path: Path) -> None:
     from cldl.checkpoint import load_checkpoint
-    from cldl.distributed import weights_digest
+    from cldl.training.distributed import weights_digest
 
     straight = tmp_path / "straight"
     reports = _run_workers(straight, tmp_path / "r1", epochs=2)
@@ -194,7 +195,7 @@ def test_a_launched_process_ends_with_its_code_and_everything_it_printed(tmp_pat
     # `cldl train` under torchrun ends through end_launched_process (os._exit): nothing buffered may be lost
     script = (
         "import sys\n"
-        "from cldl.distributed import end_launched_process\n"
+        "from cldl.training.distributed import end_launched_process\n"
         'sys.stdout.write(\'{"event": "result"}\\n\' * 2000)\n'
         "sys.stderr.write('last words')\n"
         "end_launched_process(3)\n"
@@ -209,7 +210,7 @@ def test_a_launched_process_ends_with_its_code_and_everything_it_printed(tmp_pat
 def test_the_training_command_ends_launched_processes_early_and_only_them(monkeypatch, tmp_path: Path) -> None:
     import cldl.commands.main as cli
     import cldl.commands.train as train_command
-    import cldl.distributed as distributed
+    import cldl.training.distributed as distributed
 
     ended: list[int] = []
     monkeypatch.setattr(distributed, "end_launched_process", ended.append)
@@ -225,6 +226,6 @@ def test_the_training_command_ends_launched_processes_early_and_only_them(monkey
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
     sys.path.insert(0, str(HERE))
     _worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
-    from cldl.distributed import end_launched_process
+    from cldl.training.distributed import end_launched_process
 
     end_launched_process(0)

@@ -18,7 +18,7 @@ def _mentions_defaults(node: ast.AST) -> bool:
 
 
 def test_train_config_defaults_are_imported() -> None:
-    tree = ast.parse((ROOT / "cldl" / "train.py").read_text())
+    tree = ast.parse((ROOT / "cldl" / "training" / "config.py").read_text())
     config = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainConfig")
     fields = {
         n.target.id: n.value for n in config.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)

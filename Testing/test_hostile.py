@@ -464,7 +464,7 @@ BAD_CONFIGS = {
 
 def test_an_empty_validation_range_is_allowed() -> None:
     """No validation cases (``val_seeds`` [a, a]) is a valid run, as the training benchmarks use it."""
-    from cldl.train import TrainConfig
+    from cldl.training.config import TrainConfig
 
     config = TrainConfig.from_dict({**TINY_TRAIN, "phantoms": {**TINY_TRAIN["phantoms"], "val_seeds": [7, 7]}})
     assert config.phantoms["val_seeds"] == [7, 7]

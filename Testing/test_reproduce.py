@@ -12,13 +12,15 @@ import pytest
 from test_datasets_layouts import build_brats2018, build_mmwhs
 
 from cldl.commands.main import main
+from cldl.config_files import load_config
 from cldl.data.augment import preset, spatial_matrix
 from cldl.data.preprocess import PreprocessConfig, preprocess
 from cldl.evaluation.reports import relabel_small_et
 from cldl.files.geometry import Geometry
 from cldl.files.images import write_image
 from cldl.tasks import BRATS
-from cldl.train import PatchSampler, TrainConfig, load_config
+from cldl.training.config import TrainConfig
+from cldl.training.sampler import PatchSampler
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

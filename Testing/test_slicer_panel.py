@@ -146,7 +146,7 @@ def test_defaults_have_one_home() -> None:
     from cldl.inference.predictor import DEFAULT_OVERLAP
     from cldl.method.curriculum import CURRICULUM_MODES
     from cldl.tasks import BUILTIN_TASKS
-    from cldl.train import TrainConfig
+    from cldl.training.config import TrainConfig
 
     config = TrainConfig(data="unused")
     assert (config.epochs, config.iters_per_epoch, config.lr) == (

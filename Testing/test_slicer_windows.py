@@ -19,7 +19,7 @@ from CLDLTrainingLib.logic import STOP_FILE, TrainingLogic, trainCommand
 from conftest import tiny_config
 
 from cldl.checkpoint import load_checkpoint
-from cldl.distributed import StopSignals
+from cldl.training.distributed import StopSignals
 
 ROOT = Path(__file__).resolve().parents[1]
 

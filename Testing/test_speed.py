@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cldl.prefetch import BatchPrefetcher
 from conftest import tiny_config
 
 from cldl.checkpoint import Checkpoint, load_checkpoint
 from cldl.commands.main import build_parser
 from cldl.data.preprocess import PreprocessConfig
-from cldl.distributed import StopSignals, weights_digest
 from cldl.events import Reporter
 from cldl.inference.predictor import (
     CPU_WINDOW_MEMORY_GB,
@@ -36,9 +36,11 @@ from cldl.inference.predictor import (
     window_starts,
 )
 from cldl.method.network import ModelConfig, UNetLDL
-from cldl.prefetch import BatchPrefetcher
 from cldl.tasks import BRATS
-from cldl.train import PatchSampler, Trainer
+from cldl.training.distributed import StopSignals, weights_digest
+from cldl.training.prefetch import BatchPrefetcher
+from cldl.training.sampler import PatchSampler
+from cldl.training.trainer import Trainer
 
 PHANTOMS_32 = {"train_seeds": [0, 2], "val_seeds": [10_000, 10_001], "shape": [32, 32, 32]}
 
@@ -165,7 +167,7 @@ def test_fused_adam_matches_the_loop_and_resumes_exactly(tmp_path: Path) -> None
 
 
 def test_adam_state_loads_across_implementations() -> None:
-    from cldl.train import adam_options, load_optimizer_state
+    from cldl.training.state import adam_options, load_optimizer_state
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)

@@ -18,6 +18,10 @@ from cldl.events import Reporter
 from cldl.method.network import UNetLDL
 from cldl.tasks import BRATS
 from cldl.train import PatchSampler, TrainConfig, Trainer, json_to_random_state, random_state_to_json, seed_everything
+from cldl.training.config import TrainConfig
+from cldl.training.sampler import PatchSampler
+from cldl.training.state import json_to_random_state, random_state_to_json, seed_everything
+from cldl.training.trainer import Trainer
 
 PHANTOMS_32 = {"train_seeds": [0, 2], "val_seeds": [10_000, 10_001], "shape": [32, 32, 32]}
 

@@ -23,7 +23,7 @@ from cldl.data.anatomy import AnatomyConfig, anatomy_case, mni152_anatomy
 from cldl.data.augment import AUGMENT_PRESETS
 from cldl.data.preprocess import PreprocessConfig, preprocess
 from cldl.tasks import BRATS
-from cldl.train import PatchSampler
+from cldl.training.sampler import PatchSampler
 
 
 def main() -> int:

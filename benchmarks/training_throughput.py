@@ -34,6 +34,10 @@ from cldl.method.distributions import rldl_targets
 from cldl.method.losses import LossConfig, cldl_loss
 from cldl.method.network import ModelConfig, UNetLDL, count_parameters
 from cldl.train import PatchSampler, TrainConfig, Trainer, adam_options
+from cldl.training.config import TrainConfig
+from cldl.training.sampler import PatchSampler
+from cldl.training.state import adam_options
+from cldl.training.trainer import Trainer
 
 OPTION_KEYS = ("augment_on", "adam", "channels_last", "compile_model", "compile_loss")
 PLAIN_KEYS = OPTION_KEYS[1:]  # the plain loop has no data pipeline: where augmentation runs is moot there

@@ -6,6 +6,7 @@ that a default changes in one line; ``Testing/test_defaults.py`` checks that eve
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -38,11 +39,15 @@ TORCH_MINIMUM = (2, 1)
 TORCH_REQUIREMENT = ">=" + ".".join(str(v) for v in TORCH_MINIMUM)
 
 
-def check_patch_size(size: int | Sequence[int]) -> list[int]:
-    """Three patch sides (an int means a cube); raises ValueError unless all are positive multiples of 16."""
+def check_patch_size(size: int | Sequence[int], name: str = "the patch size") -> list[int]:
+    """Three patch sides (an int means a cube); raises ValueError (naming ``name``) unless all are positive multiples
+    of :data:`PATCH_MULTIPLE` and the bottleneck keeps more than one voxel (InstanceNorm needs two)."""
     sides = [int(size)] * 3 if isinstance(size, int) else [int(s) for s in size]
     if len(sides) != 3 or any(s <= 0 or s % PATCH_MULTIPLE for s in sides):
-        raise ValueError(f"the patch size must be three positive multiples of {PATCH_MULTIPLE}, got {size}")
+        raise ValueError(f"{name} must be three positive multiples of {PATCH_MULTIPLE}, got {size}")
+    if math.prod(s // PATCH_MULTIPLE for s in sides) < 2:
+        smallest = f"{PATCH_MULTIPLE}x{PATCH_MULTIPLE}x{2 * PATCH_MULTIPLE}"
+        raise ValueError(f"{name} {size} leaves one voxel at the bottleneck; use at least {smallest}")
     return sides
 
 

@@ -27,8 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl ablate``: the evidence study."""
-    from ..distributed import StopSignals
     from ..study.runner import Study, run_study
+    from ..training.distributed import StopSignals
 
     if not args.config.is_file():
         raise FileNotFoundError(f"{args.config}: no such study config")

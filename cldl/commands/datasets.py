@@ -80,9 +80,10 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
 
 def _datasets_split(args: argparse.Namespace) -> int:
     """``cldl datasets split``."""
+    from ..config_files import load_config
     from ..data.discovery import discover_cases, split_cases, split_rule
     from ..tasks import get_task
-    from ..train import TrainConfig, load_config
+    from ..training.config import TrainConfig
 
     settings = load_config(args.config) if args.config else {}
     defaults_ = TrainConfig.__dataclass_fields__

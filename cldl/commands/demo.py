@@ -106,22 +106,7 @@ def run_demo(
             "note": "a synthetic tumour on real anatomy and a model trained on synthetic cases: not for clinical use",
         }
         staged.path(out / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        try:
-            from ..render import snapshot
-
-            flair = case.images[task.modalities.index("flair")]
-            snapshot(
-                flair,
-                prediction.classes,
-                prediction.uncertainty,
-                geometry.spacing_zyx,
-                staged.path(out / "snapshot.png"),
-                task.colors,
-                task.class_names,
-                title=f"CLDL demo: {case.case_id}",
-            )
-        except RuntimeError as exc:  # VTK missing or no offscreen OpenGL: everything else is still written
-            reporter.log(f"snapshot skipped: {exc}")
+        _snapshot(case, prediction, task, staged.path(out / "snapshot.png"), reporter)
     reporter.emit(
         "result",
         **{k: v for k, v in summary.items() if k != "inputs"},
@@ -129,6 +114,26 @@ def run_demo(
         wt_voxels=int(np.count_nonzero(prediction.classes)),
     )
     return summary
+
+
+def _snapshot(case: Any, prediction: Any, task: Any, path: Path, reporter: Reporter) -> None:
+    """The demo's picture (FLAIR, segmentation, uncertainty); skipped with a log line when VTK cannot render."""
+    try:
+        from ..render import snapshot
+
+        flair = case.images[task.modalities.index("flair")]
+        snapshot(
+            flair,
+            prediction.classes,
+            prediction.uncertainty,
+            case.geometry.spacing_zyx,
+            path,
+            task.colors,
+            task.class_names,
+            title=f"CLDL demo: {case.case_id}",
+        )
+    except RuntimeError as exc:  # VTK missing or no offscreen OpenGL: everything else is still written
+        reporter.log(f"snapshot skipped: {exc}")
 
 
 def evaluate_on_phantoms(

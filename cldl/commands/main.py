@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = lambda message, *_args, **_kw: warn(reporter, message)
         code = run_command(handler, args, reporter)
     if args.command == "train":
-        from ..distributed import end_launched_process, launched_by_torchrun
+        from ..training.distributed import end_launched_process, launched_by_torchrun
 
         if launched_by_torchrun():
             end_launched_process(code)  # see its docstring: torch's gloo threads can abort interpreter finalisation

@@ -28,9 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl synth``: write anatomy-based synthetic cases."""
+    from ..config_files import read_config_file
     from ..data.anatomy import AnatomyConfig
     from ..data.synth import write_dataset
-    from ..train import read_config_file
 
     try:
         first, last = (int(v) for v in args.seeds.split(":"))

@@ -12,7 +12,7 @@ from ..events import Reporter
 from .common import Stopped, add_progress
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..distributed import StopSignals
+    from ..training.distributed import StopSignals
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     """``cldl train``."""
-    from ..train import TrainConfig, Trainer
+    from ..training.config import TrainConfig
+    from ..training.trainer import Trainer
 
     overrides = {
         "data": args.data,
@@ -89,11 +90,11 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 def _training_stop(stop_file: Path | None = None) -> StopSignals:
-    """``cldl train``'s stop signals (:class:`cldl.distributed.StopSignals`): graceful once training runs (finish
-    the step, checkpoint, exit 0); before that (data still loading) a stop ends the command at once, as Ctrl+C. Under
-    torchrun always graceful, since the ranks must agree. ``stop_file``: a graceful stop once it exists (checked by
-    the trainer after every step)."""
-    from ..distributed import StopSignals, launched_by_torchrun
+    """``cldl train``'s stop signals (:class:`~cldl.training.distributed.StopSignals`): graceful once training
+    runs (finish the step, checkpoint, exit 0); before that (data still loading) a stop ends the command at once, as
+    Ctrl+C. Under torchrun always graceful, since the ranks must agree. ``stop_file``: a graceful stop once it exists
+    (checked by the trainer after every step)."""
+    from ..training.distributed import StopSignals, launched_by_torchrun
 
     class TrainingStop(StopSignals):
         """Stop signals that act at once until the trainer first asks whether to stop."""

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config_files import check_known_keys
 from ..files.geometry import Geometry
 from ..tasks import BRATS
 from .phantoms import PhantomCase
@@ -115,10 +116,7 @@ class AnatomyConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnatomyConfig:
         """Build from a mapping (lists become tuples), naming unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown anatomy generator keys {unknown}; valid keys: {sorted(known)}")
+        check_known_keys(data, sorted(f.name for f in fields(cls)), "anatomy generator")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     def to_dict(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config_files import check_known_keys
 from ..files.geometry import Geometry, GeometryWarning, overlap_fraction, resample, resample_vector, vector_image
 
 
@@ -74,9 +75,8 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], strict: bool = False) -> PreprocessConfig:
         """Inverse of :meth:`to_dict`; unknown keys are ignored, or refused with ``strict``."""
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if strict and unknown:
-            raise ValueError(f"unknown preprocessing keys {unknown}; valid keys: {sorted(cls.__dataclass_fields__)}")
+        if strict:
+            check_known_keys(data, sorted(cls.__dataclass_fields__), "preprocessing")
         values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         if "ct_window" in values:
             values["ct_window"] = tuple(float(v) for v in values["ct_window"])

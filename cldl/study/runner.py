@@ -1,6 +1,6 @@
 """The evidence study (``cldl ablate``): train and evaluate every variant x seed of a study config, resumably.
 
-A study config (YAML/JSON) holds ``train`` (the :class:`~cldl.train.TrainConfig` keys every run shares),
+A study config (YAML/JSON) holds ``train`` (the :class:`~cldl.training.config.TrainConfig` keys every run shares),
 ``variants`` (per-variant overrides of those keys; ``model`` dicts are merged), ``seeds``, ``baseline`` (the
 variant every other is compared with), ``synthetic`` (the anatomy-based cases: ``train_seeds`` and ``test_seeds``
 as half-open ranges and the ``anatomy`` generator settings) and ``evaluation`` (``band_mm``, ``overlap``).
@@ -49,6 +49,20 @@ from ..method.distributions import normalized_entropy
 from ..method.network import UNetLDL
 from ..tasks import Task, get_task
 from ..train import TrainConfig, Trainer, read_config_file
+from .atomic import atomic_path
+from .checkpoint import load_checkpoint
+from .config_files import check_known_keys, read_config_file
+from .curriculum import region_sizes
+from .data.datasets import CaseFiles, discover_cases, load_case, split_cases
+from .data.preprocess import PreprocessConfig
+from .distributions import normalized_entropy
+from .events import Reporter
+from .infer import sliding_window_probabilities
+from .metrics import ECE_BINS, calibration, dice, qu_brats_score, region_metrics
+from .model import UNetLDL
+from .tasks import Task, get_task
+from .training.config import TrainConfig
+from .training.trainer import Trainer
 
 STUDY_KEYS = ("seeds", "baseline", "train", "variants", "synthetic", "evaluation")
 SYNTHETIC_DEFAULTS = {"train_seeds": [0, 16], "test_seeds": [50_000, 50_010], "anatomy": {}}
@@ -78,11 +92,8 @@ class Study:
             raise ValueError(f"the study's train section must not set {forbidden} (the study sets them)")
         self.synthetic = {**SYNTHETIC_DEFAULTS, **self.synthetic}
         self.evaluation = {**EVALUATION_DEFAULTS, **self.evaluation}
-        unknown = sorted(set(self.synthetic) - set(SYNTHETIC_DEFAULTS)) + sorted(
-            set(self.evaluation) - set(EVALUATION_DEFAULTS)
-        )
-        if unknown:
-            raise ValueError(f"unknown study keys {unknown}")
+        check_known_keys(self.synthetic, list(SYNTHETIC_DEFAULTS), "study 'synthetic'")
+        check_known_keys(self.evaluation, list(EVALUATION_DEFAULTS), "study 'evaluation'")
         train, test = self.synthetic["train_seeds"], self.synthetic["test_seeds"]
         if train[1] > MAX_TRAIN_SEED or test[0] < MIN_TEST_SEED or train[0] >= train[1] or test[0] >= test[1]:
             raise ValueError(
@@ -95,9 +106,7 @@ class Study:
     def from_file(cls, path: str | Path) -> Study:
         """Read a YAML or JSON study config, naming unknown keys."""
         data = read_config_file(path)
-        unknown = sorted(set(data) - set(STUDY_KEYS))
-        if unknown:
-            raise ValueError(f"{path}: unknown study keys {unknown}; valid keys: {list(STUDY_KEYS)}")
+        check_known_keys(data, list(STUDY_KEYS), "study", f"{path}: ")
         return cls(**{k: v if k != "variants" else {n: o or {} for n, o in v.items()} for k, v in data.items()})
 
     def to_dict(self) -> dict[str, Any]:

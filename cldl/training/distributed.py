@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .inference.predictor import resolve_device
+from ..inference.predictor import resolve_device
 
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 TIMEOUT_ENV = "CLDL_DIST_TIMEOUT_S"

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .data.augment import PlannedBatch
+from ..data.augment import PlannedBatch
 
 Batch = tuple[torch.Tensor, torch.Tensor] | PlannedBatch
 
