@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cldl.checkpoint import Checkpoint
+from cldl.config_files import load_config
 from cldl.data.phantoms import brats_phantom, write_case
 from cldl.data.preprocess import PreprocessConfig
 from cldl.events import Reporter
@@ -20,19 +21,11 @@ torch.set_num_threads(2)
 
 
 def tiny_config(**overrides) -> TrainConfig:
-    """A BraTS phantom run small enough for unit tests (seconds on 2 CPU cores)."""
-    values = {
-        "task": "brats",
-        "phantoms": {"train_seeds": [0, 2], "val_seeds": [10_000, 10_001], "shape": [48, 48, 48]},
-        "model": {"base_width": 4},
-        "patch_size": [32, 32, 32],
-        "batch_size": 1,
-        "epochs": 2,
-        "iters_per_epoch": 2,
-        "lr": 1e-3,
-        "device": "cpu",
-        "seed": 7,
-    }
+    """A BraTS phantom run small enough for unit tests (seconds on 2 CPU cores): the ``tiny_phantoms`` preset on
+    48^3 phantoms, two epochs of two steps."""
+    values = load_config("tiny_phantoms")
+    values.update(epochs=2, iters_per_epoch=2, seed=7)
+    values["phantoms"]["shape"] = [48, 48, 48]
     values.update(overrides)
     return TrainConfig.from_dict(values)
 

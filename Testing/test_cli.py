@@ -16,23 +16,14 @@ import pytest
 
 from cldl.checkpoint import load_checkpoint
 from cldl.commands.main import main
+from cldl.config_files import load_config
 from cldl.files.geometry import Geometry
 from cldl.files.images import read_image, write_image
 from cldl.registry import DEFAULT_MODEL
 from cldl.tasks import BRATS
 
 SENTINEL = b"existing file, must survive"
-TINY_TRAIN = {
-    "task": "brats",
-    "phantoms": {"train_seeds": [0, 2], "val_seeds": [10_000, 10_001], "shape": [32, 32, 32]},
-    "model": {"base_width": 4},
-    "patch_size": [32, 32, 32],
-    "epochs": 1,
-    "iters_per_epoch": 1,
-    "max_val_cases": 1,
-    "device": "cpu",
-    "seed": 3,
-}
+TINY_TRAIN = {**load_config("tiny_phantoms"), "max_val_cases": 1}
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from conftest import random_checkpoint
 
 from cldl.checkpoint import save_checkpoint
 from cldl.commands.main import main
+from cldl.config_files import load_config
 from cldl.files import atomic_writes as atomic
 from cldl.files.images import read_image, write_image
 from cldl.tasks import BRATS
@@ -434,15 +435,7 @@ def test_a_fifo_as_input_is_refused_up_front(model: Path, phantom_files: dict, t
 # ----------------------------------------------------------------------------------------------------------------
 # 9: every config key is checked for type and range before anything is written
 
-TINY_TRAIN = {
-    "task": "brats",
-    "phantoms": {"train_seeds": [0, 2], "val_seeds": [10_000, 10_001], "shape": [32, 32, 32]},
-    "model": {"base_width": 4},
-    "patch_size": [32, 32, 32],
-    "epochs": 1,
-    "iters_per_epoch": 1,
-    "device": "cpu",
-}
+TINY_TRAIN = load_config("tiny_phantoms")
 BAD_CONFIGS = {
     "lr: fast": ({"lr": "fast"}, "config key 'lr' must be a number, got 'fast'"),
     "betas: xy": ({"betas": "xy"}, "config key 'betas' must be a list of numbers, got 'xy'"),

@@ -136,17 +136,7 @@ def test_segment_failure_and_cancel(scene, phantom, checkpoint, tmp_path) -> Non
 def test_train_drives_handle_and_charts(scene, tmp_path) -> None:
     """train(wait=False) starts `cldl train`; polling the handle yields progress, one metrics record per epoch
     and live plot rows; the run folder holds best.pt, which the segmentation logic accepts."""
-    config = {
-        "task": "brats",
-        "phantoms": {"train_seeds": [0, 1], "val_seeds": [10000, 10001], "shape": [32, 32, 32]},  # 1 case each
-        "model": {"base_width": 4},
-        "patch_size": [32, 32, 32],
-        "batch_size": 1,
-        "iters_per_epoch": 1,
-        "lr": 0.001,
-        "device": "cpu",
-        "seed": 3,
-    }
+    config = {"extends": "tiny_phantoms", "phantoms": {"train_seeds": [0, 1]}}  # 1 case each, 32^3
     logic = TrainingLogic(scene)
     metrics = []
     handle = logic.train(

@@ -12,15 +12,10 @@ import slicer.ScriptedLoadableModule
 from CLDLSegmentationLib.dependencies import missingDependencies
 from CLDLTrainingLib.widget import CLDLTrainingLogic
 
-TINY_PHANTOM_CONFIG = {
-    "task": "brats",
-    "phantoms": {"train_seeds": [0, 2], "val_seeds": [10000, 10001], "shape": [48, 48, 48]},
-    "model": {"base_width": 4},
-    "patch_size": [32, 32, 32],
-    "batch_size": 1,
+TINY_PHANTOM_CONFIG = {  # the engine's tiny_phantoms preset, on 48^3 phantoms, two steps per epoch
+    "extends": "tiny_phantoms",
+    "phantoms": {"shape": [48, 48, 48]},
     "iters_per_epoch": 2,
-    "lr": 0.001,
-    "device": "cpu",
     "seed": 7,
 }
 
