@@ -27,25 +27,10 @@ from CLDLSegmentationLib.process import (
 )
 from CLDLSegmentationLib.run import EngineRun
 
+from cldl.config_files import load_config, resolve_extends
 from cldl.defaults import CURRICULUM_MODES, CUSTOM_TASK, check_patch_size
 
 from .charts import TrainingCurves
-
-
-def loadConfigFile(path: str | Path) -> dict[str, Any]:
-    """A JSON or YAML training config as a dict (YAML needs pyyaml)."""
-    path = Path(path)
-    text = path.read_text()
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file must hold a mapping of keys to values")
-    return data
-
 
 #: The file in a run folder whose appearance stops the run gracefully (``cldl train --stop-file``).
 STOP_FILE = ".cldl-stop"
@@ -59,17 +44,18 @@ def buildConfig(
     config: str | Path | Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A ``cldl train`` config: the base ``config`` (file or dict; engine defaults if None) with ``overrides``
-    keyed by ``TrainConfig`` field names (``epochs``, ``iters_per_epoch``, ``patch_size``, ``lr``, ...).
+    """A ``cldl train`` config: the base ``config`` (file, preset name or dict; engine defaults if None; its
+    ``extends`` chain resolved as the engine does, so the result stands alone) with ``overrides`` keyed by
+    ``TrainConfig`` field names (``epochs``, ``iters_per_epoch``, ``patch_size``, ``lr``, ...).
 
     ``dataDir`` replaces any synthetic-phantom setting of the base config; without it the base must define
     ``phantoms``. Values are checked again by the engine (``TrainConfig``), which names any bad key.
     """
     values: dict[str, Any] = {}
     if isinstance(config, Mapping):
-        values.update(config)
+        values.update(resolve_extends(config))
     elif config is not None:
-        values.update(loadConfigFile(config))
+        values.update(load_config(config))
     if task:
         values["task"] = str(task)
     if dataDir:
@@ -117,13 +103,6 @@ def runExists(outDir: str | Path | None) -> bool:
 def resolveTask(task: str, dataDir: str | Path) -> str:
     """The engine's task argument: a built-in name, or for ``custom`` the dataset folder's ``dataset.json``."""
     return str(Path(dataDir) / "dataset.json") if task == CUSTOM_TASK else task
-
-
-def engineSupportsDistributed() -> bool:
-    """Whether the shipped engine can train with torch.distributed (``cldl.SUPPORTS_DISTRIBUTED``; no torch import)."""
-    import cldl
-
-    return bool(getattr(cldl, "SUPPORTS_DISTRIBUTED", False))
 
 
 def trainCommand(
@@ -321,11 +300,6 @@ class TrainingLogic:
         """
         outDir = Path(outDir).resolve()
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-        if gpus > 1 and not engineSupportsDistributed():
-            raise ValueError(
-                "this version of the cldl engine trains on one device only; multi-GPU training (torchrun) needs "
-                "an engine with torch.distributed support"
-            )
         if resume:
             saved = outDir / "config.json"
             if not saved.is_file():
