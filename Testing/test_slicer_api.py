@@ -294,7 +294,7 @@ RECEIVERS: dict[str, dict[str, str]] = {
     },
 }
 #: Python modules (not MRML) that CamelCase calls are made on; qt and PyTorchUtils are checked below.
-NOT_MRML = {"argparse", "psutil", "qt", "queue", "sitk", "subprocess", "threading", "unittest", "PyTorchUtils"}
+NOT_MRML = {"argparse", "enum", "psutil", "qt", "queue", "sitk", "subprocess", "threading", "unittest", "PyTorchUtils"}
 #: Methods the modules call only behind ``hasattr`` (newer Slicer): class -> methods.
 GUARDED = {"vtkSegment": {"SetTerminology"}}
 

@@ -55,7 +55,8 @@ def _parameter_names(root: ET.Element) -> dict[str, str]:
 
 
 def _enum_names(tree: ast.Module) -> set[str]:
-    """Enum classes the module can see: defined or imported from its Lib (checked in the Lib source)."""
+    """Enum classes the module can see: defined (a class, or ``choiceEnum`` of a ``cldl.defaults`` list) or imported
+    from its Lib (checked in the Lib source)."""
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("CLDLSegmentationLib")):
@@ -66,6 +67,9 @@ def _enum_names(tree: ast.Module) -> set[str]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef) and any(ast.unparse(b) in ("enum.Enum", "Enum") for b in node.bases):
                 enums.add(node.name)
+            made = isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)  # X = choiceEnum(...)
+            if made and ast.unparse(node.value.func) == "choiceEnum":
+                enums.update(t.id for t in node.targets if isinstance(t, ast.Name))
     return names & enums
 
 

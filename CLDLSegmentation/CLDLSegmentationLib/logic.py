@@ -25,7 +25,7 @@ from typing import Any
 
 import slicer
 
-from cldl.defaults import OVERLAP, SKULL_STRIP_CHOICES, reference_modality
+from cldl.defaults import DEVICES, OVERLAP, PRECISIONS, SKULL_STRIP_CHOICES, UNCERTAINTY_MAPS, reference_modality
 
 from .cases import CaseQueue, CaseRun, LoadedCase
 from .models import ModelInfo, defaultModel, describeModel
@@ -42,43 +42,39 @@ from .segmentations import classKeys, labelmapToSegmentation, showOutlines
 from .volumes import checkInputs, exportVolume, importProbabilities, importVolume
 
 
-class DeviceChoice(enum.Enum):
-    """Where the model runs."""
-
-    AUTO = "auto"
-    CUDA = "cuda"
-    CPU = "cpu"
-
-    def label(self) -> str:
-        """Text shown in the device combo box."""
-        return {"auto": "Auto (GPU if available)", "cuda": "GPU (CUDA)", "cpu": "CPU"}[self.value]
-
-
-class PrecisionChoice(enum.Enum):
-    """The network's arithmetic (``cldl segment --precision``)."""
-
-    AUTO = "auto"
-    FP32 = "fp32"
-    BF16 = "bf16"
-
-    def label(self) -> str:
-        """Text shown in the precision combo box."""
-        return {
-            "auto": "Auto (bf16 where the GPU or CPU has it)",
-            "fp32": "fp32 (full precision)",
-            "bf16": "bf16 (fast on recent CPUs and GPUs)",
-        }[self.value]
+def choiceEnum(name: str, values: Sequence[str], labels: Mapping[str, str], doc: str) -> type[enum.Enum]:
+    """An enum of a ``cldl.defaults`` choice list (members ``AUTO``, ``CPU``, ...; the values in that order) whose
+    ``label()`` is the text shown in its combo box: the engine's list is the only list."""
+    if set(labels) != set(values):
+        raise ValueError(f"{name}: labels for {sorted(labels)}, choices {list(values)}")
+    choice = enum.Enum(name, [(value.upper(), value) for value in values], module=__name__)
+    choice.__doc__ = doc
+    choice.label = lambda self: labels[self.value]
+    return choice
 
 
-class UncertaintyMapChoice(enum.Enum):
-    """Which uncertainty map the engine writes."""
-
-    ENTROPY = "entropy"
-    MAX_PROB = "max_prob"
-
-    def label(self) -> str:
-        """Text shown in the combo box."""
-        return {"entropy": "Normalised entropy", "max_prob": "1 - max probability"}[self.value]
+DeviceChoice = choiceEnum(
+    "DeviceChoice",
+    DEVICES,
+    {"auto": "Auto (GPU if available)", "cpu": "CPU", "cuda": "GPU (CUDA)"},
+    "Where the model runs.",
+)
+PrecisionChoice = choiceEnum(
+    "PrecisionChoice",
+    PRECISIONS,
+    {
+        "auto": "Auto (bf16 where the GPU or CPU has it)",
+        "fp32": "fp32 (full precision)",
+        "bf16": "bf16 (fast on recent CPUs and GPUs)",
+    },
+    "The network's arithmetic (``cldl segment --precision``).",
+)
+UncertaintyMapChoice = choiceEnum(
+    "UncertaintyMapChoice",
+    UNCERTAINTY_MAPS,
+    {"entropy": "Normalised entropy", "max_prob": "1 - max probability"},
+    "Which uncertainty map the engine writes.",
+)
 
 
 BRAIN_MASK_SEGMENT = "Brain mask"  # the segment a prepared run adds (hidden) so the mask can be checked
@@ -106,12 +102,12 @@ class SegmentationOptions:
     def __post_init__(self) -> None:
         if self.skullStrip not in SKULL_STRIP_CHOICES:
             raise ValueError(f"skullStrip must be one of {SKULL_STRIP_CHOICES}, got {self.skullStrip!r}")
-        if self.device not in {d.value for d in DeviceChoice}:
-            raise ValueError(f"device must be one of {[d.value for d in DeviceChoice]}, got {self.device!r}")
-        if self.precision not in {p.value for p in PrecisionChoice}:
-            raise ValueError(f"precision must be one of {[p.value for p in PrecisionChoice]}, got {self.precision!r}")
-        if self.uncertaintyMap not in {m.value for m in UncertaintyMapChoice}:
-            raise ValueError(f"uncertaintyMap must be 'entropy' or 'max_prob', got {self.uncertaintyMap!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {list(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.uncertaintyMap not in UNCERTAINTY_MAPS:
+            raise ValueError(f"uncertaintyMap must be one of {list(UNCERTAINTY_MAPS)}, got {self.uncertaintyMap!r}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
 

@@ -6,6 +6,8 @@ import functools
 
 import torch
 
+from .defaults import PRECISIONS
+
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
@@ -14,9 +16,6 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch build without oneDNN
         return False
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
