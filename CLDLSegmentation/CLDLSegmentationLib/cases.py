@@ -18,6 +18,7 @@ from typing import Any
 from cldl.tasks import modality_aliases
 
 from .overlay import MAP_ATTRIBUTE
+from .process import pollUntilDone
 from .volumes import checkInputs
 
 #: Columns of the panel's case table.
@@ -231,12 +232,7 @@ class CaseQueue:
     def wait(self, timeout: float | None = None, interval: float = 0.05) -> CaseQueue:
         """Block until every case has run (or the queue was cancelled); cancels and raises TimeoutError after
         ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                raise TimeoutError(f"the case queue was still running after {timeout} s")
-            time.sleep(interval)
+        pollUntilDone(self.poll, timeout, interval, self.cancel, "the case queue was still running")
         return self
 
     def summary(self) -> str:

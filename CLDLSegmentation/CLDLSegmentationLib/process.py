@@ -292,14 +292,13 @@ class JsonLinesProcess:
         """Block (polling events) until the process ends; returns its exit status."""
         if self.process is None:
             raise RuntimeError("process not started")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.running:
-            self.poll()
-            if not self.running:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{self.command[:4]} still running after {timeout} s")
-            time.sleep(interval)
+
+        def running() -> bool:
+            if self.running:
+                self.poll()
+            return self.running
+
+        pollUntilDone(running, timeout, interval, lambda: None, f"{self.command[:4]} still running")
         return self.process.returncode
 
     def requestStop(self, signalName: str = "SIGTERM") -> None:
@@ -365,6 +364,24 @@ class JsonLinesProcess:
         code = self.returncode
         if code != 0:
             raise ProcessError(f"{self.errorMessage()} (exit status {code})", returncode=code, stderr=self.stderr)
+
+
+def pollUntilDone(
+    poll: Callable[[], bool],
+    timeout: float | None,
+    interval: float,
+    onTimeout: Callable[[], None],
+    stillRunning: str,
+) -> None:
+    """Block, calling ``poll`` every ``interval`` seconds while it returns True (the blocking twin of
+    :func:`schedulePolling`); after ``timeout`` seconds call ``onTimeout`` and raise ``TimeoutError``
+    (``"<stillRunning> after <timeout> s"``)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while poll():
+        if deadline is not None and time.monotonic() > deadline:
+            onTimeout()
+            raise TimeoutError(f"{stillRunning} after {timeout} s")
+        time.sleep(interval)
 
 
 def schedulePolling(poll: Callable[[], bool], singleShot: Callable[[int, Callable[[], None]], None], ms: int = 200):

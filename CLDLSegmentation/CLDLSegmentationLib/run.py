@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .process import EXIT_EVENT, JsonLinesProcess
+from .process import EXIT_EVENT, JsonLinesProcess, pollUntilDone
 
 
 class EngineRun:
@@ -61,12 +61,7 @@ class EngineRun:
 
     def wait(self, timeout: float | None = None, interval: float = 0.05) -> Any:
         """Block until the run ends; raises its error if it failed, else returns :meth:`_outcome`."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                self._onTimeout()
-                raise TimeoutError(f"{self.logPrefix} run still running after {timeout} s")
-            time.sleep(interval)
+        pollUntilDone(self.poll, timeout, interval, self._onTimeout, f"{self.logPrefix} run still running")
         if self.error is not None:
             raise self.error
         return self._outcome()
