@@ -62,10 +62,10 @@ def test_a_slicer_run_saves_its_config_with_extends_resolved(tmp_path: Path) -> 
 
 
 def test_unknown_keys_are_named_one_way_in_every_section(tmp_path: Path) -> None:
-    from cldl.ablation import Study
     from cldl.data.anatomy import AnatomyConfig
     from cldl.data.preprocess import PreprocessConfig
     from cldl.events import Reporter
+    from cldl.study.runner import Study
     from cldl.tasks import BRATS
     from cldl.training.cases import load_dataset
     from cldl.training.config import TrainConfig

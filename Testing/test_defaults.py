@@ -89,8 +89,8 @@ def test_choice_lists_have_one_home() -> None:
     """Devices, precisions, uncertainty maps and skull stripping: the command line, the engine and the Slicer
     combo boxes all offer cldl.defaults' lists."""
     from cldl.commands.main import build_parser
-    from cldl.distributions import UNCERTAINTY_MAPS
-    from cldl.precision import PRECISIONS
+    from cldl.inference.precision import PRECISIONS
+    from cldl.method.distributions import UNCERTAINTY_MAPS
 
     assert [c.value for c in DeviceChoice] == list(defaults.DEVICES) and DeviceChoice.CPU.label() == "CPU"
     assert [c.value for c in PrecisionChoice] == list(defaults.PRECISIONS) == list(PRECISIONS)

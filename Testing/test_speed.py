@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cldl.prefetch import BatchPrefetcher
 from conftest import tiny_config
 
 from cldl.checkpoint import Checkpoint, load_checkpoint

@@ -17,7 +17,6 @@ from cldl.data.preprocess import PreprocessConfig, preprocess
 from cldl.events import Reporter
 from cldl.method.network import UNetLDL
 from cldl.tasks import BRATS
-from cldl.train import PatchSampler, TrainConfig, Trainer, json_to_random_state, random_state_to_json, seed_everything
 from cldl.training.config import TrainConfig
 from cldl.training.sampler import PatchSampler
 from cldl.training.state import json_to_random_state, random_state_to_json, seed_everything

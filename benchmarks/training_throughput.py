@@ -33,7 +33,6 @@ from cldl.method.curriculum import Curriculum, region_sizes
 from cldl.method.distributions import rldl_targets
 from cldl.method.losses import LossConfig, cldl_loss
 from cldl.method.network import ModelConfig, UNetLDL, count_parameters
-from cldl.train import PatchSampler, TrainConfig, Trainer, adam_options
 from cldl.training.config import TrainConfig
 from cldl.training.sampler import PatchSampler
 from cldl.training.state import adam_options

@@ -128,7 +128,8 @@ def error_line(reporter: Reporter, message: str) -> None:
 
 def check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> dict[Path, FileState]:
     """Refuse outputs that would replace an input, collide, exist (without overwrite) or cannot be written; returns
-    their state now, which the final move checks (:mod:`cldl.atomic`: nothing that appears meanwhile is replaced)."""
+    their state now, which the final move checks (:mod:`cldl.files.atomic_writes`: nothing that appears meanwhile
+    is replaced)."""
     from ..files.atomic_writes import file_states
     from ..files.images import IMAGE_SUFFIXES, ensure_writable, is_image_path
 

@@ -172,7 +172,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 def _predictor(args: argparse.Namespace) -> Any:
-    """The :class:`cldl.infer.Predictor` of the flags (the model loaded once, for one case or a folder)."""
+    """The :class:`~cldl.inference.predictor.Predictor` of the flags (the model loaded once, for a case or a folder)."""
     from ..inference.predictor import Predictor
     from ..registry import DEFAULT_MODEL, resolve_model
 

@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from .defaults import PRECISIONS
+from ..defaults import PRECISIONS
 
 
 @functools.lru_cache(maxsize=1)

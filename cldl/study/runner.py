@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint
+from ..config_files import check_known_keys, read_config_file
 from ..data.cases import load_case
 from ..data.discovery import discover_cases, split_cases
 from ..data.layouts import CaseFiles
@@ -48,21 +49,8 @@ from ..method.curriculum import region_sizes
 from ..method.distributions import normalized_entropy
 from ..method.network import UNetLDL
 from ..tasks import Task, get_task
-from ..train import TrainConfig, Trainer, read_config_file
-from .atomic import atomic_path
-from .checkpoint import load_checkpoint
-from .config_files import check_known_keys, read_config_file
-from .curriculum import region_sizes
-from .data.datasets import CaseFiles, discover_cases, load_case, split_cases
-from .data.preprocess import PreprocessConfig
-from .distributions import normalized_entropy
-from .events import Reporter
-from .infer import sliding_window_probabilities
-from .metrics import ECE_BINS, calibration, dice, qu_brats_score, region_metrics
-from .model import UNetLDL
-from .tasks import Task, get_task
-from .training.config import TrainConfig
-from .training.trainer import Trainer
+from ..training.config import TrainConfig
+from ..training.trainer import Trainer
 
 STUDY_KEYS = ("seeds", "baseline", "train", "variants", "synthetic", "evaluation")
 SYNTHETIC_DEFAULTS = {"train_seeds": [0, 16], "test_seeds": [50_000, 50_010], "anatomy": {}}
