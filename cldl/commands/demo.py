@@ -119,7 +119,7 @@ def run_demo(
 def _snapshot(case: Any, prediction: Any, task: Any, path: Path, reporter: Reporter) -> None:
     """The demo's picture (FLAIR, segmentation, uncertainty); skipped with a log line when VTK cannot render."""
     try:
-        from ..render import snapshot
+        from ..render.snapshot import snapshot
 
         flair = case.images[task.modalities.index("flair")]
         snapshot(
