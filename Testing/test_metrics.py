@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndimage  # noqa: E402  reference EDT for the tests only (a medpy dependency)
 
+from cldl.commands.main import main
 from cldl.evaluation import reports as E
 from cldl.evaluation.distances import _squared_edt, assd, hd95, surface_distances
 from cldl.evaluation.overlap import METRICS, dice, sensitivity, specificity
@@ -107,6 +109,41 @@ def test_hand_computed_distances_and_pooled_assd() -> None:
     assert dice(pred, ref) == pytest.approx(2 * 1 / 5)
 
 
+def test_hd95_rules_on_a_hand_computed_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``pooled`` (medpy) takes the 95th percentile of both directions' distances together; ``directed-max`` (the
+    robust Hausdorff of surface-distance, the authors' metrics file) the larger of the two directed percentiles."""
+    spacing = (1.0, 1.0, 2.0)
+    ref = np.zeros((8, 8, 8), bool)
+    ref[4, 4, 2] = True
+    pred = ref.copy()
+    pred[4, 4, 7] = True  # a stray voxel 5 voxels (10 mm) away: pred -> ref 0 and 10 mm, ref -> pred 0 mm
+    d_pr, d_rp = surface_distances(pred, ref, spacing)
+    np.testing.assert_allclose(np.sort(d_pr), [0.0, 10.0])
+    np.testing.assert_allclose(d_rp, [0.0])
+    # pooled [0, 0, 10]: position 0.95 * 2 = 1.9, 0 + 0.9 * 10; directed: [0, 10] at 0.95 -> 9.5, [0] -> 0
+    for a, b in ((pred, ref), (ref, pred)):  # both rules are symmetric
+        assert hd95(a, b, spacing) == pytest.approx(9.0)
+        assert hd95(a, b, spacing, rule="pooled") == pytest.approx(9.0)
+        assert hd95(a, b, spacing, rule="directed-max") == pytest.approx(9.5)
+    regions = region_metrics(pred.astype(np.uint8), ref.astype(np.uint8), BINARY, spacing, hd95_rule="directed-max")
+    assert regions["FG"]["hd95"] == pytest.approx(9.5)
+    empty = np.zeros_like(ref)  # the empty-set conventions do not depend on the rule
+    assert hd95(empty, empty, spacing, rule="directed-max") == 0.0
+    assert hd95(pred, empty, spacing, rule="directed-max") == pytest.approx(hd95(pred, empty, spacing))
+    with pytest.raises(ValueError, match="HD95 rule must be one of"):
+        hd95(pred, ref, spacing, rule="max")
+    # the command line: --hd95 directed-max, stated in the report's conventions
+    geometry = Geometry.identity((8, 8, 8), spacing)
+    write_image(pred.astype(np.uint8), geometry, tmp_path / "case_pred.nii.gz")
+    write_image(ref.astype(np.uint8), geometry, tmp_path / "case_seg.nii.gz")
+    argv = ["evaluate", "--pred", str(tmp_path / "case_pred.nii.gz"), "--ref", str(tmp_path / "case_seg.nii.gz")]
+    for rule, expected in (("pooled", 9.0), ("directed-max", 9.5)):
+        assert main([*argv, "--task", "binary", "--hd95", rule, "--json", "--progress", "none"]) == 0
+        document = json.loads(capsys.readouterr().out)
+        assert document["cases"][0]["regions"]["FG"]["hd95"] == pytest.approx(expected)
+        assert ("hd95" in document["conventions"]) == (rule == "directed-max")
+
+
 # ------------------------------------------------------------------------------------------ DeepMind cross-check
 
 
@@ -126,6 +163,7 @@ def test_agrees_with_deepmind_surface_distance(shape: tuple[int, ...], spacing: 
         distances = surface_distance.compute_surface_distances(ref, pred, spacing)
         theirs = surface_distance.compute_robust_hausdorff(distances, 95)
         assert abs(hd95(pred, ref, spacing) - theirs) <= diagonal
+        assert abs(hd95(pred, ref, spacing, rule="directed-max") - theirs) <= diagonal  # their definition
 
 
 # ------------------------------------------------------------------------------------------ empty sets

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..evaluation.distances import HD95_RULES
 from ..events import Reporter
 from ..files.atomic_writes import FileState
 from .common import add_image_limit, add_progress, clean_json, error_line, json_float, non_negative_int
@@ -51,6 +52,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=("brats", "authors"),
         default="brats",
         help="a region empty in both prediction and reference: Dice 1, HD95 0 (brats, default) or Dice 0 (authors)",
+    )
+    ev.add_argument(
+        "--hd95",
+        choices=HD95_RULES,
+        default="pooled",
+        help="HD95 of a region: the 95th percentile of both directions' surface distances pooled (pooled, default; "
+        "medpy) or the larger of the two directed 95th percentiles (directed-max: the robust Hausdorff of "
+        "surface-distance, in the authors' metrics file); see docs/method.md",
     )
     ev.add_argument(
         "--et-min-voxels",
@@ -100,6 +109,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         empty=args.empty,
         et_min_voxels=args.et_min_voxels,
         lesion_wise=args.lesion_wise,
+        hd95_rule=args.hd95,
     )
     failed = [r for r in results if "error" in r]
     results = [r for r in results if "error" not in r]
@@ -108,7 +118,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     for failure in failed:  # each on its own line; the other cases are evaluated and reported
         error_line(reporter, f"case {failure['case']}: {failure['error']}")
     summary = summarize(results)
-    rules = conventions(args.empty, args.et_min_voxels, args.lesion_wise)
+    rules = conventions(args.empty, args.et_min_voxels, args.lesion_wise, args.hd95)
     table = markdown_table(summary, len(results), task.name)
     table += "\n" + "; ".join(v for k, v in rules.items() if k != "empty_regions") + "\n"
     if failed:

@@ -29,9 +29,11 @@ def region_metrics(
     spacing: Sequence[float] | float | None = None,
     metrics: Sequence[str] = METRICS,
     empty: str = "brats",
+    hd95_rule: str = "pooled",
 ) -> dict[str, dict[str, float]]:
     """Metrics of every task region (union of class indices) for two class-index maps: {region: {metric: value}};
-    ``empty`` is the Dice of a region empty in both (:data:`EMPTY_RULES`; HD95/ASSD are 0 under both rules)."""
+    ``empty`` is the Dice of a region empty in both (:data:`EMPTY_RULES`; HD95/ASSD are 0 under both rules);
+    ``hd95_rule``: :data:`cldl.evaluation.distances.HD95_RULES`."""
     pred_classes, ref_classes = np.asarray(pred_classes), np.asarray(ref_classes)
     if pred_classes.shape != ref_classes.shape:
         raise ValueError(f"prediction shape {pred_classes.shape} differs from reference shape {ref_classes.shape}")
@@ -60,7 +62,7 @@ def region_metrics(
             negatives = full_size - int(np.count_nonzero(r))
             fp = int(np.count_nonzero(p & ~r))
             values["specificity"] = 1.0 if negatives == 0 else (negatives - fp) / negatives
-        distances = distance_metrics(p, r, spacing, metrics)
+        distances = distance_metrics(p, r, spacing, metrics, hd95_rule)
         if distances and (p.any() != r.any()):  # diagonal of the whole image, not of the crop
             distances = {m: diagonal_length(full_shape, spacing) for m in distances}
         values.update(distances)

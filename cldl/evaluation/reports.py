@@ -134,13 +134,17 @@ def relabel_small_et(classes: np.ndarray, task: Task, min_voxels: int) -> np.nda
     return classes
 
 
-def conventions(empty: str = "brats", et_min_voxels: int = 0, lesion_wise: bool = False) -> dict[str, Any]:
+def conventions(
+    empty: str = "brats", et_min_voxels: int = 0, lesion_wise: bool = False, hd95_rule: str = "pooled"
+) -> dict[str, Any]:
     """The conventions of an evaluation, as every summary reports them."""
     both = "Dice 1, HD95/ASSD 0" if empty == "brats" else "Dice 0 (the authors' Dice), HD95/ASSD 0"
     out: dict[str, Any] = {
         "empty_regions": empty,
         "empty": f"both empty: {both}; one empty: Dice 0, HD95/ASSD = image diagonal (mm)",
     }
+    if hd95_rule != "pooled":
+        out["hd95"] = "HD95: the larger of the two directed 95th percentiles (robust Hausdorff)"
     if et_min_voxels > 0:
         out["et_postprocess"] = f"predicted ET below {et_min_voxels} voxels relabelled as necrosis"
     if lesion_wise:
@@ -156,14 +160,15 @@ def evaluate_case(
     empty: str = "brats",
     et_min_voxels: int = 0,
     lesion_wise: bool = False,
+    hd95_rule: str = "pooled",
 ) -> dict[str, Any]:
     """Metrics of one case: overlap and distances per region; with probabilities, calibration (per region and
     multi-class as region ``"all"``); with an uncertainty map or probabilities, the QU-BraTS score per region.
 
-    ``empty``: the Dice of a region empty in both (:data:`cldl.evaluation.overlap.EMPTY_RULES`); ``et_min_voxels`` > 0
-    applies
-    :func:`relabel_small_et` to the prediction first; ``lesion_wise`` adds
-    :func:`cldl.evaluation.lesions.lesion_wise_metrics` per region."""
+    ``empty``: the Dice of a region empty in both (:data:`cldl.evaluation.overlap.EMPTY_RULES`); ``et_min_voxels``
+    > 0 applies :func:`relabel_small_et` to the prediction first; ``lesion_wise`` adds
+    :func:`cldl.evaluation.lesions.lesion_wise_metrics` per region; ``hd95_rule``:
+    :data:`cldl.evaluation.distances.HD95_RULES`."""
     pred_classes, pred_geometry = _read_classes(item.pred, task)
     ref_classes, ref_geometry = _read_classes(item.ref, task, item.label_map, item.unknown_labels)
     if not pred_geometry.matches(ref_geometry):  # Slicer crops a .seg.nrrd to its segments' extent
@@ -175,7 +180,8 @@ def evaluate_case(
         else:
             _same_grid(item.pred, pred_geometry, item.ref, ref_geometry, "prediction")
     pred_classes = relabel_small_et(pred_classes, task, et_min_voxels)
-    regions = region_metrics(pred_classes, ref_classes, task, ref_geometry.spacing_zyx, empty=empty)
+    spacing = ref_geometry.spacing_zyx
+    regions = region_metrics(pred_classes, ref_classes, task, spacing, empty=empty, hd95_rule=hd95_rule)
     if lesion_wise:
         for region in task.regions:
             classes = np.asarray(region.classes)
@@ -399,6 +405,7 @@ def evaluate_folders_or_files(
     empty: str = "brats",
     et_min_voxels: int = 0,
     lesion_wise: bool = False,
+    hd95_rule: str = "pooled",
 ) -> list[dict[str, Any]]:
     """Evaluate one prediction file against one reference file, or every reference of a folder (a folder of label
     files, or a dataset folder in any layout cldl reads) against the prediction with the same case id.
@@ -410,7 +417,8 @@ def evaluate_folders_or_files(
     results = []
     for index, item in enumerate(items):
         try:
-            results.append(evaluate_case(item, task, empty=empty, et_min_voxels=et_min_voxels, lesion_wise=lesion_wise))
+            options = {"empty": empty, "et_min_voxels": et_min_voxels, "lesion_wise": lesion_wise}
+            results.append(evaluate_case(item, task, **options, hd95_rule=hd95_rule))
         except ValueError as exc:
             if not Path(pred).is_dir():
                 raise
