@@ -513,13 +513,14 @@ def test_folder_mode_segments_the_cases_next_to_one_missing_a_modality(model: Pa
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 11: exit statuses as the README states them
+# 11: exit statuses as docs/command_line.md states them
 
 
-def test_exit_statuses_are_the_readme_s(tmp_path: Path) -> None:
-    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").split())
-    assert "An error is one line on stderr (`cldl: error: ...`) and exit status 1" in readme
-    assert "the command's usage, then `cldl <command>: error: ...`, and exit status 2" in readme
+def test_exit_statuses_are_the_documented_ones(tmp_path: Path) -> None:
+    page = Path(__file__).parents[1] / "docs" / "command_line.md"
+    documented = " ".join(page.read_text(encoding="utf-8").split())
+    assert "An error is one line on stderr (`cldl: error: ...`) and exit status 1" in documented
+    assert "the command's usage, then `cldl <command>: error: ...`, and exit status 2" in documented
     usage = subprocess.run(_cldl("segment", "-o", str(tmp_path / "seg.nii.gz")), capture_output=True, text=True)
     assert usage.returncode == 2
     lines = usage.stderr.splitlines()

@@ -294,7 +294,7 @@ class TrainingLogic:
         """Start (or, with ``resume=True``, continue) a run in ``outDir``; returns its :class:`TrainingHandle`.
 
         ``task``: ``brats``, ``mmwhs_ct``, ``mmwhs_mr``, ``binary`` or a ``dataset.json``. ``config``: a base
-        JSON/YAML config or dict (engine defaults: the authors' recipe); ``overrides``: ``TrainConfig`` fields
+        JSON/YAML config or dict (engine defaults: the paper's method); ``overrides``: ``TrainConfig`` fields
         that replace its values (a resumed run accepts only ``epochs`` and ``device``). ``gpus > 1`` launches
         ``torchrun`` with one rank per GPU. ``wait=True`` blocks until the run ends.
         """

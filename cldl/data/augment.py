@@ -1,6 +1,7 @@
-"""Patch augmentation presets: ``none``, ``paper`` (the authors' mirror flips), ``mmwhs`` (the authors' MM-WHS
-rotation: every patch rotated by up to +-25 degrees about the x and y axes, no mirroring) and ``nnunet`` (nnU-Net
-v2's set).
+"""Patch augmentation presets: ``none``, ``paper`` (the authors' mirror flips), ``mmwhs`` (after the angles of the
+authors' MM-WHS transform: every patch rotated by up to +-25 degrees about the x and y axes, no mirroring; the
+elastic deformation, scaling and rotation about z that their transform takes from batchgenerators' defaults are not
+done, docs/method.md) and ``nnunet`` (nnU-Net v2's set).
 
 ``nnunet`` follows nnU-Net v2's default 3D training transforms and probabilities: rotation (+-30 degrees about each
 axis, p 0.2) and scaling (0.7-1.4, p 0.2) sampled from the whole volume around the patch (so no padding shows at the
