@@ -31,8 +31,8 @@ PATCH_MULTIPLE = 16
 MAX_IMAGE_GB = 2.0
 #: The choice lists of the command line and the Slicer modules' combo boxes.
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")  # the network's arithmetic at inference (cldl.precision)
-UNCERTAINTY_MAPS = ("entropy", "max_prob")  # normalised entropy, 1 - max probability (cldl.distributions)
+PRECISIONS = ("auto", "fp32", "bf16")  # the network's arithmetic at inference (cldl.inference.precision)
+UNCERTAINTY_MAPS = ("entropy", "max_prob")  # normalised entropy, 1 - max probability (cldl.method.distributions)
 SKULL_STRIP_CHOICES = ("auto", "yes", "no")  # preparation of raw scans (cldl.prepare)
 #: The oldest torch the engine supports.
 TORCH_MINIMUM = (2, 1)
