@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import random_checkpoint
 
-from cldl.checkpoint import save_checkpoint
+from cldl.checkpoint import load_checkpoint, save_checkpoint
 from cldl.commands.main import main
 from cldl.config_files import load_config
 from cldl.files import atomic_writes as atomic
@@ -484,6 +484,35 @@ def test_a_refused_dataset_leaves_no_run_folder(tmp_path: Path, capfd) -> None:
     assert main(["train", "--config", str(config), "--out", str(run), "--progress", "none"]) == 1
     assert "no known dataset layout" in _error_line(capfd.readouterr().err)
     assert not run.exists()
+
+
+DIVERGING_RUNS = {  # lr 1e30: the first Adam step blows the weights up, and the next step's loss is NaN
+    "after an epoch": ({"epochs": 2, "val_every": 2}, "epoch 2, iteration 1"),
+    "in the first epoch": ({"iters_per_epoch": 2}, "epoch 1, iteration 2"),
+}
+
+
+@pytest.mark.parametrize("name", list(DIVERGING_RUNS))
+def test_a_nan_loss_is_one_error_line_and_keeps_the_last_checkpoint(name: str, tmp_path: Path, capfd) -> None:
+    """``cldl train`` ends with one line saying where and what to try (exit status 1, an ``error`` event), not a
+    FloatingPointError traceback; a completed epoch keeps its last.pt (docs/method.md)."""
+    settings, where = DIVERGING_RUNS[name]
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"extends": "tiny_phantoms", "lr": 1e30, **settings}))
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(run), "--progress", "jsonl"]) == 1
+    stdout, stderr = capfd.readouterr()
+    line = _error_line(stderr)
+    assert re.match(
+        rf"cldl: error: training stopped: the loss became (nan|-?inf) at {where}; lower the learning ", line
+    )
+    assert "or check the input data" in line
+    assert json.loads(stdout.splitlines()[-1]) == {"event": "error", "message": line.removeprefix("cldl: error: ")}
+    if name == "in the first epoch":
+        assert line.endswith("no checkpoint was written yet") and not (run / "last.pt").exists()
+    else:
+        assert line.endswith(f"its last checkpoint {run / 'last.pt'} is kept")
+        assert load_checkpoint(run / "last.pt").provenance["epoch"] == 1
 
 
 # ----------------------------------------------------------------------------------------------------------------

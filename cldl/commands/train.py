@@ -78,7 +78,10 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     reporter.log_file = args.out / "events.jsonl"  # events outlive a closed stdout (Slicer quit during training)
     with _training_stop(args.stop_file) as stop:  # SIGTERM / SIGUSR1 / the stop file: see docs/scaling.md
         trainer = Trainer(config, args.out, reporter, stop_requested=stop)
-        summary = trainer.run(resume=args.resume)
+        try:
+            summary = trainer.run(resume=args.resume)
+        except FloatingPointError as exc:  # a diverged run: one error line, exit status 1 (docs/method.md)
+            raise RuntimeError(_diverged(str(exc), args.out / "last.pt")) from exc
     if reporter.mode != "jsonl" and trainer.dist.is_main:
         best = summary["best_dice_mean"]
         print(
@@ -87,6 +90,15 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
             + ("; stopped early, continue with --resume" if summary["stopped"] else "")
         )
     return 0
+
+
+def _diverged(cause: str, last: Path) -> str:
+    """The error line of a run whose loss became NaN or infinite: what happened, what to try, what is kept."""
+    kept = f"its last checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
+    return (
+        f"training stopped: {cause}; lower the learning rate (lr in the config) or check the input data and start "
+        f"a new run (a resumed run keeps its config); {kept}"
+    )
 
 
 def _training_stop(stop_file: Path | None = None) -> StopSignals:

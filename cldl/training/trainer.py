@@ -252,7 +252,10 @@ class Trainer:
         run.sums = dict(run.partial) if first else {}
         for iteration in range(first, config.iters_per_epoch):
             progress = epoch + iteration / config.iters_per_epoch
-            parts = self._step(run.step_model, run.optimizer, run.scaler, run.prefetcher, progress)
+            try:
+                parts = self._step(run.step_model, run.optimizer, run.scaler, run.prefetcher, progress)
+            except FloatingPointError as exc:  # where the run diverged; `cldl train` makes it its error line
+                raise FloatingPointError(f"{exc} at epoch {epoch + 1}, iteration {iteration + 1}") from exc
             for key, value in parts.items():
                 run.sums[key] = run.sums.get(key, 0.0) + value
             self.reporter.progress("train", iteration + 1, config.iters_per_epoch, epoch=epoch + 1, loss=parts["total"])
@@ -431,10 +434,7 @@ class Trainer:
         not_finite, self.stop_agreed = any_rank(self.dist, [not finite, self.stop_requested()])
         if not_finite:
             where = "" if not finite else " on another rank"
-            raise FloatingPointError(
-                f"the loss became {loss.item() if not finite else 'NaN/Inf'}{where} "
-                "(check the data and lower the learning rate)"
-            )
+            raise FloatingPointError(f"the loss became {loss.item() if not finite else 'NaN/Inf'}{where}")
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
