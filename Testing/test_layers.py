@@ -96,6 +96,7 @@ LAYERS = (
             "cldl.cli",
             "cldl.__main__",
             "cldl.render.snapshot",
+            "cldl.render.vtk_primitives",
             "cldl.infer",
             "cldl.model",
         ),
