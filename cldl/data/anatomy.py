@@ -442,8 +442,48 @@ def _build(rng: np.random.Generator, seed: int, config: AnatomyConfig, anatomy: 
     atlas = anatomy.tensor()
     mapping = _Mapping(rng, config, anatomy)
     box, coarse = _brain_box(mapping, atlas)
+    centre_mm, radius, healthy = _place_tumour(rng, config, mapping, coarse)
 
-    # Tumour: core volume, centre (mostly in white matter, away from the brain's edge), LGG-like or not.
+    mm = mapping.output_mm(box)
+    maps = _sample(atlas, mapping.to_atlas(mm))  # (3, z, y, x): brain, gm, wm
+    brain = maps[0].clamp(0, 1)
+    gm = torch.minimum(maps[1].clamp_min(0), brain)
+    wm = torch.minimum(maps[2].clamp_min(0), brain - gm)
+
+    bulk, necrosis, enhancing, non_enhancing = _tumour_classes(rng, config, mm, centre_mm, radius, brain, healthy)
+    edema = _edema(rng, config, bulk, brain, gm, wm)
+
+    # Tissue fractions: the tumour takes its share of every tissue; edema replaces grey and white matter.
+    keep = (1 - bulk / brain.clamp_min(1e-6)).clamp(0, 1)
+    parenchyma = ((gm + wm) * keep).clamp_min(1e-6)
+    spare = (1 - edema / parenchyma).clamp(0, 1)
+    tissues = torch.stack(
+        [
+            (brain - gm - wm).clamp_min(0) * keep,
+            gm * keep * spare,
+            wm * keep * spare,
+            necrosis,
+            non_enhancing,
+            edema,
+            enhancing,
+        ]
+    )
+    mask, remnant = _strip_mask(rng, config, brain)
+    tissues = tissues * torch.minimum(mask, torch.ones_like(mask))
+    images = _modalities(rng, config, anatomy, mapping, mm, tissues, remnant, mask)
+
+    # Labels from the exact class fractions (BraTS classes: background, NCR/NET, ED, ET).
+    tumour_core = (necrosis + non_enhancing) * mask
+    fractions = torch.stack([tumour_core, edema * mask, enhancing * mask])
+    fractions = torch.cat([(1 - fractions.sum(0, keepdim=True)).clamp_min(0), fractions])
+    return _assemble(seed, config, box, torch.stack(images), fractions)
+
+
+def _place_tumour(
+    rng: np.random.Generator, config: AnatomyConfig, mapping: _Mapping, coarse: torch.Tensor
+) -> tuple[np.ndarray, float, bool]:
+    """Draw the tumour's centre (mm), core radius (mm) and whether the case is healthy; set the mass effect."""
+    # Core volume, centre (mostly in white matter, away from the brain's edge).
     volume_ml = _log_uniform(rng, *config.tumour_ml)
     radius = (3 * volume_ml * 1000 / (4 * math.pi)) ** (1 / 3)
     inside = -F.max_pool3d(-coarse[0:1][None], 5, stride=1, padding=2)[0, 0]  # brain eroded by ~8 mm
@@ -461,13 +501,19 @@ def _build(rng: np.random.Generator, seed: int, config: AnatomyConfig, anatomy: 
     healthy = config.p_healthy > 0 and rng.random() < config.p_healthy
     if healthy:
         mapping.mass = None
+    return centre_mm, radius, healthy
 
-    mm = mapping.output_mm(box)
-    maps = _sample(atlas, mapping.to_atlas(mm))  # (3, z, y, x): brain, gm, wm
-    brain = maps[0].clamp(0, 1)
-    gm = torch.minimum(maps[1].clamp_min(0), brain)
-    wm = torch.minimum(maps[2].clamp_min(0), brain - gm)
 
+def _tumour_classes(
+    rng: np.random.Generator,
+    config: AnatomyConfig,
+    mm: torch.Tensor,
+    centre_mm: np.ndarray,
+    radius: float,
+    brain: torch.Tensor,
+    healthy: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fractions of the tumour bulk, necrosis, enhancing and non-enhancing tumour (LGG-like or not, multifocal)."""
     lgg = rng.random() < config.p_lgg
     bulk, necrosis, enhancing = _tumour_focus(rng, mm, centre_mm, radius, config, lgg)
     if rng.random() < config.p_multifocal:
@@ -478,9 +524,18 @@ def _build(rng: np.random.Generator, seed: int, config: AnatomyConfig, anatomy: 
     bulk = torch.minimum(bulk, brain) * (not healthy)
     necrosis = torch.minimum(necrosis, bulk)
     enhancing = torch.minimum(enhancing, bulk - necrosis)
-    non_enhancing = bulk - necrosis - enhancing
+    return bulk, necrosis, enhancing, bulk - necrosis - enhancing
 
-    # Edema: the front of a diffusion from the bulk, fast in WM, slow in GM, none in CSF or outside the brain.
+
+def _edema(
+    rng: np.random.Generator,
+    config: AnatomyConfig,
+    bulk: torch.Tensor,
+    brain: torch.Tensor,
+    gm: torch.Tensor,
+    wm: torch.Tensor,
+) -> torch.Tensor:
+    """Edema: the front of a diffusion from the bulk, fast in WM, slow in GM, none in CSF or outside the brain."""
     reach = rng.uniform(*config.edema_mm)
     steps = int(min(400, (reach / 3.0) ** 2 / (2 * 0.15) * 1.5))
     concentration = _diffuse((bulk > 0.5).float(), wm + 0.1 * gm, steps)
@@ -489,25 +544,13 @@ def _build(rng: np.random.Generator, seed: int, config: AnatomyConfig, anatomy: 
     floor = math.exp(-threshold / 0.03) / (1 + math.exp(-threshold / 0.03))  # the front's value far away: none
     front = ((torch.sigmoid((concentration - threshold) / 0.03) - floor) / (1 - floor)).clamp_min(0)
     edema = front * healthy_tissue
-    edema = torch.minimum(edema, brain - bulk)
+    return torch.minimum(edema, brain - bulk)
 
-    # Tissue fractions: the tumour takes its share of every tissue; edema replaces grey and white matter.
-    keep = (1 - bulk / brain.clamp_min(1e-6)).clamp(0, 1)
-    parenchyma = ((gm + wm) * keep).clamp_min(1e-6)
-    spare = (1 - edema / parenchyma).clamp(0, 1)
-    tissues = torch.stack(
-        [
-            (brain - gm - wm).clamp_min(0) * keep,
-            gm * keep * spare,
-            wm * keep * spare,
-            necrosis,
-            non_enhancing,
-            edema,
-            enhancing,
-        ]
-    )
 
-    # Skull-stripping edge errors: the mask's edge moves in or out by a few millimetres.
+def _strip_mask(
+    rng: np.random.Generator, config: AnatomyConfig, brain: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The skull-strip mask (its edge moved in or out by a few mm in some cases) and the dura/CSF remnant it keeps."""
     mask = (brain > 0.5).float()
     if rng.random() < config.p_strip_error:
         smooth = _gaussian_blur(brain, (2.0, 2.0, 2.0))
@@ -516,16 +559,28 @@ def _build(rng: np.random.Generator, seed: int, config: AnatomyConfig, anatomy: 
         remnant = (mask - brain).clamp_min(0) * (mask > 0.5)  # outside the brain, inside the mask: dura/CSF
     else:
         remnant = torch.zeros_like(brain)
-    tissues = tissues * torch.minimum(mask, torch.ones_like(mask))
+    return mask, remnant
 
-    # Contrasts and texture.
+
+def _modalities(
+    rng: np.random.Generator,
+    config: AnatomyConfig,
+    anatomy: Anatomy,
+    mapping: _Mapping,
+    mm: torch.Tensor,
+    tissues: torch.Tensor,
+    remnant: torch.Tensor,
+    mask: torch.Tensor,
+) -> list[torch.Tensor]:
+    """The four acquired modalities: contrasts and texture per tissue, the real T1 where there is one, acquisition."""
     means, random_contrast = _contrasts(rng, config)
     texture_sd = rng.uniform(*config.texture, size=(len(TISSUES),))
-    textures = [_smooth_field(rng, tuple(brain.shape), rng.uniform(1.0, 3.0)) for _ in range(3)]
+    shape = tuple(mask.shape)
+    textures = [_smooth_field(rng, shape, rng.uniform(1.0, 3.0)) for _ in range(3)]
     remnant_level = rng.uniform(0.1, 1.5, 4)
     images = []
     for m, name in enumerate(BRATS.modalities):
-        image = torch.zeros_like(brain)
+        image = torch.zeros_like(mask)
         for k in range(len(TISSUES)):
             tex = 1 + texture_sd[k] * textures[(k + m) % 3]
             image += tissues[k] * float(means[m, k]) * tex
@@ -537,12 +592,7 @@ def _build(rng: np.random.Generator, seed: int, config: AnatomyConfig, anatomy: 
             image = image - synthetic + healthy * real * float(means[m, 2])
         image += remnant * float(remnant_level[m])
         images.append(_acquire(rng, image, mask, config))
-
-    # Labels from the exact class fractions (BraTS classes: background, NCR/NET, ED, ET).
-    tumour_core = (necrosis + non_enhancing) * mask
-    fractions = torch.stack([tumour_core, edema * mask, enhancing * mask])
-    fractions = torch.cat([(1 - fractions.sum(0, keepdim=True)).clamp_min(0), fractions])
-    return _assemble(seed, config, box, torch.stack(images), fractions)
+    return images
 
 
 def _acquire(rng: np.random.Generator, image: torch.Tensor, mask: torch.Tensor, config: AnatomyConfig) -> torch.Tensor:
