@@ -270,54 +270,60 @@ _BRATS_MEANS = np.array(
 _BRATS_TEXTURE = np.array([0.03, 0.035, 0.03, 0.14, 0.10, 0.07])
 
 
-def brats_phantom(seed: int, shape: Shape = (96, 96, 96), spacing: Spacing = (1.0, 1.0, 1.0)) -> PhantomCase:
-    """A BraTS-like skull-stripped multi-modal brain MRI (flair, t1, t1ce, t2) with one glioma.
+@dataclass(frozen=True, eq=False)
+class _BrainShape:
+    """The brain ellipsoid of a BraTS phantom: its field (mm, negative inside), centre, radii, rotation, mean radius."""
 
-    ``shape`` and ``spacing`` are in array order (z, y, x). Labels are BraTS values 0, 1 (necrotic core),
-    2 (oedema) and 4 (enhancing tumour), uint8; the whole tumour is about 2-4 % of the brain.
-    """
-    seed = _check_seed(seed)
-    rng = np.random.default_rng(seed)
-    grid = _Grid(shape, spacing)
-    vox, w = grid.voxel, np.float32(0.4 * grid.voxel)
+    phi: np.ndarray
+    center: np.ndarray
+    radii: np.ndarray
+    rot: np.ndarray
+    r_mean: float
 
-    # Brain: a rotated, low-frequency-deformed ellipsoid filling most of the field of view.
+    def local_to_world(self, p: np.ndarray | list[float]) -> np.ndarray:
+        """Position (zyx mm) of a point given in the brain's local frame (in units of its radii)."""
+        return self.center + _mm(self.rot, np.asarray(p) * self.radii)
+
+
+def _brats_brain_shape(rng: np.random.Generator, grid: _Grid) -> _BrainShape:
+    """Brain: a rotated, low-frequency-deformed ellipsoid filling most of the field of view."""
     b_radii = grid.half * np.array([_u(rng, 0.72, 0.80), _u(rng, 0.82, 0.88), _u(rng, 0.76, 0.84)])
     b_center = grid.half * rng.uniform(-0.03, 0.03, 3)
     b_rot = _rotation(np.radians(rng.uniform(-7, 7, 3)))
     r_mean = float(np.prod(b_radii) ** (1 / 3))
     phi_b = _ellipsoid(grid, grid.full, b_center, b_radii, b_rot, rng, deform=0.05, corr=0.35 * r_mean)
-    brain = _sigmoid(-phi_b / w)
+    return _BrainShape(phi_b, b_center, b_radii, b_rot, r_mean)
 
-    # Healthy anatomy: outer CSF rim, cortical grey matter band, white matter, lateral ventricles, deep nuclei.
-    fine = _noise(rng, grid.axes, max(0.06 * r_mean, 1.5 * vox))
-    t_csf = np.float32(0.7 * vox) * np.maximum(np.float32(1.0) + fine, np.float32(0.0))
-    parenchyma = _sigmoid(-(phi_b + t_csf) / w)
-    t_ctx = np.float32(max(0.09 * r_mean, 1.5 * vox)) * (np.float32(1.0) + np.float32(0.35) * fine)
-    deep = _sigmoid(-(phi_b + t_csf + t_ctx) / w)
-    del t_csf, t_ctx
 
-    def local_to_world(p: np.ndarray) -> np.ndarray:
-        return b_center + _mm(b_rot, np.asarray(p) * b_radii)
-
+def _brats_ventricles_and_nuclei(
+    rng: np.random.Generator, grid: _Grid, shape: _BrainShape, w: np.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fractions of the two lateral ventricles and the two deep grey nuclei."""
+    vox, b_radii, b_rot = grid.voxel, shape.radii, shape.rot
     vent = np.zeros(grid.shape, np.float32)
     nuclei = np.zeros(grid.shape, np.float32)
     v_scale = _u(rng, 0.8, 1.25)
     for side in (-1.0, 1.0):
-        c = local_to_world([0.12 + _u(rng, -0.03, 0.03), 0.02 + _u(rng, -0.04, 0.04), side * 0.12])
+        c = shape.local_to_world([0.12 + _u(rng, -0.03, 0.03), 0.02 + _u(rng, -0.04, 0.04), side * 0.12])
         radii = b_radii * np.array([0.16, 0.42, 0.09]) * v_scale * rng.uniform(0.9, 1.1, 3)
         box = grid.box(c, radii.max() * 1.3 + 2 * vox)
         if box is not None:
             phi = _ellipsoid(grid, box, c, radii, b_rot, rng, deform=0.12, corr=radii.max() * 0.6)
             np.maximum(vent[box], _sigmoid(-phi / w), out=vent[box])
-        c = local_to_world([-0.12 + _u(rng, -0.03, 0.03), 0.05 + _u(rng, -0.05, 0.05), side * 0.28])
+        c = shape.local_to_world([-0.12 + _u(rng, -0.03, 0.03), 0.05 + _u(rng, -0.05, 0.05), side * 0.28])
         radii = b_radii * np.array([0.14, 0.17, 0.10]) * rng.uniform(0.9, 1.1, 3)
         box = grid.box(c, radii.max() * 1.3 + 2 * vox)
         if box is not None:
             phi = _ellipsoid(grid, box, c, radii, b_rot, rng, deform=0.1, corr=radii.max() * 0.6)
             np.maximum(nuclei[box], _sigmoid(-phi / w), out=nuclei[box])
+    return vent, nuclei
 
-    # Sulci (zero-crossings of a smooth field within the cortical band) and the interhemispheric fissure.
+
+def _brats_sulci_and_fissure(
+    rng: np.random.Generator, grid: _Grid, shape: _BrainShape, fine: np.ndarray, w: np.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sulci (zero-crossings of a smooth field within the cortical band) and the interhemispheric fissure."""
+    vox, b_center, b_radii, b_rot = grid.voxel, shape.center, shape.radii, shape.rot
     z, y, x = grid.coords(grid.full)
     dz, dy, dx = z - np.float32(b_center[0]), y - np.float32(b_center[1]), x - np.float32(b_center[2])
     local = [
@@ -325,22 +331,45 @@ def brats_phantom(seed: int, shape: Shape = (96, 96, 96), spacing: Spacing = (1.
     ]
     del dz, dy, dx
     sulci = _sigmoid(
-        (np.float32(0.22) - np.abs(_noise(rng, grid.axes, max(0.09 * r_mean, 2.0 * vox)))) / np.float32(0.07)
+        (np.float32(0.22) - np.abs(_noise(rng, grid.axes, max(0.09 * shape.r_mean, 2.0 * vox)))) / np.float32(0.07)
     )
     where = np.maximum(
         _sigmoid((local[0] / np.float32(b_radii[0]) - np.float32(0.3)) / np.float32(0.04)),
         _sigmoid((np.abs(local[1]) / np.float32(b_radii[1]) - np.float32(0.62)) / np.float32(0.04)),
     )
     fissure = where * _sigmoid((np.float32(0.7 * vox) - np.abs(local[2] + np.float32(0.8 * vox) * fine)) / w)
-    del local, where
+    return sulci, fissure
+
+
+def _brats_healthy_tissues(
+    rng: np.random.Generator, grid: _Grid, shape: _BrainShape, brain: np.ndarray, w: np.float32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSF, grey and white matter: outer CSF rim, cortical band, white matter, ventricles, deep nuclei, sulci."""
+    vox, phi_b, r_mean = grid.voxel, shape.phi, shape.r_mean
+    fine = _noise(rng, grid.axes, max(0.06 * r_mean, 1.5 * vox))
+    t_csf = np.float32(0.7 * vox) * np.maximum(np.float32(1.0) + fine, np.float32(0.0))
+    parenchyma = _sigmoid(-(phi_b + t_csf) / w)
+    t_ctx = np.float32(max(0.09 * r_mean, 1.5 * vox)) * (np.float32(1.0) + np.float32(0.35) * fine)
+    deep = _sigmoid(-(phi_b + t_csf + t_ctx) / w)
+    del t_csf, t_ctx
+    vent, nuclei = _brats_ventricles_and_nuclei(rng, grid, shape, w)
+    sulci, fissure = _brats_sulci_and_fissure(rng, grid, shape, fine, w)
     cortex = parenchyma - deep
     q_ctx = np.maximum(sulci, fissure)
     csf = (brain - parenchyma) + cortex * q_ctx + deep * (fissure + (1 - fissure) * vent)
     gm = cortex * (1 - q_ctx) + deep * (1 - fissure) * (1 - vent) * nuclei
     wm = deep * (1 - fissure) * (1 - vent) * (1 - nuclei)
-    del parenchyma, vent, nuclei, sulci, fissure, cortex, q_ctx
+    return csf, gm, wm
 
-    # Tumour: whole-tumour volume set by a quantile, a necrotic core inside an enhancing rim inside the oedema.
+
+def _brats_tumour(
+    rng: np.random.Generator, grid: _Grid, shape: _BrainShape, brain: np.ndarray, w: np.float32
+) -> tuple[np.ndarray, Box, np.ndarray, float]:
+    """The glioma: fractions (ncr, et, ed) on the grid, its box, its whole-tumour fraction on the box, its radius.
+
+    The whole-tumour volume is set by a quantile; a necrotic core sits inside an enhancing rim inside the oedema.
+    """
+    vox, b_radii = grid.voxel, shape.radii
     brain_voxels = float(brain.sum(dtype=np.float64))
     target = _u(rng, 0.018, 0.036) * brain_voxels
     r_e = (3.0 * target * float(np.prod(grid.spacing)) / (4.0 * math.pi)) ** (1 / 3)
@@ -348,7 +377,7 @@ def brats_phantom(seed: int, shape: Shape = (96, 96, 96), spacing: Spacing = (1.
     direction[2] = math.copysign(max(abs(direction[2]), 0.6 * _norm(direction)), direction[2])
     direction /= _norm(direction)
     rho_max = max(0.2, 0.85 - 1.6 * r_e / float(b_radii.min()))
-    t_center = local_to_world(direction * _u(rng, min(0.2, rho_max), rho_max))
+    t_center = shape.local_to_world(direction * _u(rng, min(0.2, rho_max), rho_max))
 
     e_radii = r_e * rng.uniform(0.85, 1.15, 3)
     e_radii *= r_e / float(np.prod(e_radii) ** (1 / 3))
@@ -380,23 +409,29 @@ def brats_phantom(seed: int, shape: Shape = (96, 96, 96), spacing: Spacing = (1.
     tumour[(0,) + t_box] = bb * s_ncr
     tumour[(1,) + t_box] = bb * (s_tc - s_ncr)
     tumour[(2,) + t_box] = bb * (s_wt - s_tc)
-    healthy_scale = np.ones(grid.shape, np.float32)
-    healthy_scale[t_box] = 1 - s_wt
-    for tissue in (csf, gm, wm):
-        tissue *= healthy_scale
-    del healthy_scale
+    return tumour, t_box, s_wt, r_e
 
-    # Intensities: per-tissue means (jittered per case), texture, smooth bias field, Rician noise, zero background.
+
+def _brats_images(
+    rng: np.random.Generator,
+    grid: _Grid,
+    healthy_fractions: tuple[np.ndarray, np.ndarray, np.ndarray],
+    tumour: np.ndarray,
+    t_box: Box,
+    inside: np.ndarray,
+    r_mean: float,
+    r_e: float,
+) -> np.ndarray:
+    """Intensities: per-tissue means (jittered per case), texture, smooth bias field, Rician noise, zero background."""
+    vox = grid.voxel
     means = _BRATS_MEANS * rng.uniform(0.94, 1.06, _BRATS_MEANS.shape) * rng.uniform(0.85, 1.2, (4, 1))
     texture = [np.float32(a) for a in _BRATS_TEXTURE]
     tex = _noise(rng, grid.axes, max(2.5 * vox, 0.05 * r_mean))
-    healthy = [f * (np.float32(1.0) + a * tex) for f, a in zip((csf, gm, wm), texture)]
-    del csf, gm, wm
+    healthy = [f * (np.float32(1.0) + a * tex) for f, a in zip(healthy_fractions, texture)]
     tex = _noise(rng, grid.sub_axes(t_box), max(1.5 * vox, 0.25 * r_e))
     lesion = [tumour[(i,) + t_box] * (np.float32(1.0) + a * tex) for i, a in enumerate(texture[3:])]
     del tex
 
-    inside = brain >= 0.5
     images = np.empty((4,) + grid.shape, np.float32)
     bias_corr = 0.8 * r_mean
     for ch in range(4):
@@ -415,7 +450,32 @@ def brats_phantom(seed: int, shape: Shape = (96, 96, 96), spacing: Spacing = (1.
         np.maximum(img, np.float32(1.0), out=img)
         img[~inside] = 0.0
         images[ch] = img
-    del healthy, lesion
+    return images
+
+
+def brats_phantom(seed: int, shape: Shape = (96, 96, 96), spacing: Spacing = (1.0, 1.0, 1.0)) -> PhantomCase:
+    """A BraTS-like skull-stripped multi-modal brain MRI (flair, t1, t1ce, t2) with one glioma.
+
+    ``shape`` and ``spacing`` are in array order (z, y, x). Labels are BraTS values 0, 1 (necrotic core),
+    2 (oedema) and 4 (enhancing tumour), uint8; the whole tumour is about 2-4 % of the brain.
+    """
+    seed = _check_seed(seed)
+    rng = np.random.default_rng(seed)
+    grid = _Grid(shape, spacing)
+    w = np.float32(0.4 * grid.voxel)
+
+    brain_shape = _brats_brain_shape(rng, grid)
+    brain = _sigmoid(-brain_shape.phi / w)
+    csf, gm, wm = _brats_healthy_tissues(rng, grid, brain_shape, brain, w)
+    tumour, t_box, s_wt, r_e = _brats_tumour(rng, grid, brain_shape, brain, w)
+    healthy_scale = np.ones(grid.shape, np.float32)
+    healthy_scale[t_box] = 1 - s_wt
+    for tissue in (csf, gm, wm):
+        tissue *= healthy_scale
+    del healthy_scale
+
+    inside = brain >= 0.5
+    images = _brats_images(rng, grid, (csf, gm, wm), tumour, t_box, inside, brain_shape.r_mean, r_e)
 
     # Labels: argmax of the class fractions (background, NCR, ED, ET).
     fractions = np.empty((4,) + grid.shape, np.float32)
