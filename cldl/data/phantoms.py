@@ -494,6 +494,7 @@ def brats_phantom(seed: int, shape: Shape = (96, 96, 96), spacing: Spacing = (1.
 
 # MM-WHS class indices (task order): 0 BG, 1 Myo, 2 LA, 3 LV, 4 RA, 5 RV, 6 AA, 7 PA.
 _MYO, _LA, _LV, _RA, _RV, _AA, _PA = 1, 2, 3, 4, 5, 6, 7
+_BLOOD_TEXTURE_HU = np.float32(12.0)  # amplitude of the blood pool's texture
 
 
 class _Painter:
@@ -533,108 +534,144 @@ class _Painter:
         rem *= 1 - np.maximum(outer, inner)
 
 
-def mmwhs_phantom(seed: int, shape: Shape = (96, 96, 96), spacing: Spacing = (1.0, 1.0, 1.0)) -> PhantomCase:
-    """An MM-WHS-like contrast-enhanced cardiac CT (Hounsfield units) with the seven whole-heart structures.
+class _Chest:
+    """An MM-WHS phantom under construction: grid, random stream, scale, the body, painter and blood levels.
 
-    ``shape`` and ``spacing`` are in array order (z, y, x), LPS: +x is the patient's left, +y posterior,
-    +z superior. The field of view is a ~280 mm cardiac reconstruction (the body is cut off laterally, as in
-    cardiac CTA). Labels are MM-WHS values 205 (Myo), 420 (LA), 500 (LV), 550 (RA), 600 (RV), 820 (AA),
-    850 (PA), int16.
+    Positions are given in real-anatomy mm (x left, y posterior, z superior) and scaled by ``s`` (mm of phantom per
+    mm of real anatomy); the heart frame is set by :meth:`place_heart`.
     """
-    seed = _check_seed(seed)
-    rng = np.random.default_rng(seed)
-    grid = _Grid(shape, spacing)
-    vox, w = grid.voxel, np.float32(0.4 * grid.voxel)
-    sig = _sigmoid
-    s = min(float(grid.half[2]) / 140.0, float(grid.half[1]) / 135.0)  # mm of phantom per mm of real anatomy
 
-    def at(p: tuple[float, float, float], origin: np.ndarray | None = None) -> np.ndarray:
+    def __init__(self, rng: np.random.Generator, grid: _Grid) -> None:
+        self.rng, self.grid = rng, grid
+        self.vox, self.w = grid.voxel, np.float32(0.4 * grid.voxel)
+        self.s = min(float(grid.half[2]) / 140.0, float(grid.half[1]) / 135.0)
+        s = self.s
+        # Body: an elliptic cylinder (about 330 x 240 mm) with a smooth, slightly irregular outline.
+        self.body_c = self.at((_u(rng, -4, 4), _u(rng, -2, 8), 0.0))
+        self.body_r = np.array([1.0, _u(rng, 112, 128), _u(rng, 150, 175)]) * s
+        self.phi_body = _ellipsoid(
+            grid, grid.full, self.body_c, self.body_r, None, rng, 0.03, 60 * s, dims=(False, True, True)
+        )
+        self.body = _sigmoid(-self.phi_body / self.w)
+        self.paint = _Painter(grid, self.body, len(MMWHS_CT.label_values))
+        self.blood_l = _u(rng, 320, 430)  # contrast-enhanced arterial blood (left heart, aorta)
+        self.blood_r = self.blood_l - _u(rng, 20, 110)  # right heart: similar, a little less enhanced
+        self.h_scale = s
+        self.h_center = np.zeros(3)
+        self.h_rot = np.eye(3)
+
+    def at(self, p: tuple[float, float, float], origin: np.ndarray | None = None) -> np.ndarray:
         """Position (zyx mm) of a point given in real-anatomy mm (x left, y posterior, z superior)."""
-        return (np.zeros(3) if origin is None else origin) + np.array([p[2], p[1], p[0]]) * s
+        return (np.zeros(3) if origin is None else origin) + np.array([p[2], p[1], p[0]]) * self.s
 
-    # Body: an elliptic cylinder (about 330 x 240 mm) with a smooth, slightly irregular outline.
-    body_c = at((_u(rng, -4, 4), _u(rng, -2, 8), 0.0))
-    body_r = np.array([1.0, _u(rng, 112, 128), _u(rng, 150, 175)]) * s
-    phi_body = _ellipsoid(grid, grid.full, body_c, body_r, None, rng, 0.03, 60 * s, dims=(False, True, True))
-    body = sig(-phi_body / w)
-    paint = _Painter(grid, body, len(MMWHS_CT.label_values))
+    def blood(self, box: Box, level: float) -> np.ndarray:
+        """Contrast-enhanced blood (HU) on a box: ``level`` jittered, with a faint texture."""
+        rng = self.rng
+        return np.float32(level + _u(rng, -15, 15)) + _BLOOD_TEXTURE_HU * _noise(
+            rng, self.grid.sub_axes(box), 6 * self.s
+        )
 
-    blood_l = _u(rng, 320, 430)  # contrast-enhanced arterial blood (left heart, aorta)
-    blood_r = blood_l - _u(rng, 20, 110)  # right heart: similar, a little less enhanced
-    blood_tex = np.float32(12.0)
-
-    def blood(box: Box, level: float) -> np.ndarray:
-        return np.float32(level + _u(rng, -15, 15)) + blood_tex * _noise(rng, grid.sub_axes(box), 6 * s)
-
-    def cylinder(center: np.ndarray, ry: float, rx: float) -> tuple[Box | None, np.ndarray]:
-        box = grid.box(center, np.array([grid.half[0], ry + 3 * vox, rx + 3 * vox]))
+    def cylinder(self, center: np.ndarray, ry: float, rx: float) -> tuple[Box | None, np.ndarray]:
+        """A cranio-caudal elliptic cylinder through the whole field of view: its box and field (or None)."""
+        grid = self.grid
+        box = grid.box(center, np.array([grid.half[0], ry + 3 * self.vox, rx + 3 * self.vox]))
         if box is None:
             return None, np.zeros(0, np.float32)
         return box, _ellipsoid(grid, box, center, np.array([1.0, ry, rx]), dims=(False, True, True))
 
-    # Spine: vertebral body (cortical shell, cancellous core, discs), spinal canal in its bony arch.
-    sp_c = body_c + np.array([0.0, float(body_r[1]) - 62 * s, _u(rng, -3, 3) * s])
+    def place_heart(self) -> None:
+        """Heart frame (real mm: x left, y posterior, z superior): centre, orientation and size jitter."""
+        rng = self.rng
+        self.h_scale = self.s * _u(rng, 0.92, 1.08)
+        self.h_center = self.at((_u(rng, 6, 16), _u(rng, -28, -18), _u(rng, -12, 8)), self.body_c)
+        self.h_rot = _rotation(np.radians(rng.uniform(-8, 8, 3)))
+
+    def hp(self, p: tuple[float, float, float]) -> np.ndarray:
+        """Position (zyx mm) of a point given in heart-frame real mm."""
+        return self.h_center + _mm(self.h_rot, np.array([p[2], p[1], p[0]]) * self.h_scale)
+
+    def chamber(
+        self, center: tuple, radii: tuple, rot: np.ndarray, deform: float = 0.07
+    ) -> tuple[Box | None, np.ndarray]:
+        """A heart-frame ellipsoid; ``radii`` (real mm) along the local axes 0, 1, 2 (the columns of ``rot``)."""
+        rng, grid = self.rng, self.grid
+        c = self.hp(center)
+        r = np.array(radii) * self.h_scale * rng.uniform(0.92, 1.08, 3)
+        box = grid.box(c, r.max() * 1.35 + 12 * self.h_scale + 2 * self.vox)
+        if box is None:
+            return None, np.zeros(0, np.float32)
+        return box, _ellipsoid(grid, box, c, r, rot, rng, deform, float(r.max()) * 0.7)
+
+    def tube(
+        self,
+        points: list[tuple[float, float, float]],
+        radius: float,
+        level: float,
+        cls: int,
+        wall: np.float32,
+        wall_hu: float,
+    ) -> None:
+        """Paint a blood-filled vessel of class ``cls`` with a wall along a heart-frame polyline."""
+        grid, w = self.grid, self.w
+        pts = np.stack([self.hp(p) for p in points])
+        r = radius * self.h_scale * _u(self.rng, 0.9, 1.1)
+        box = _polyline_box(grid, pts, r + 4 * self.vox + float(wall))
+        if box is None:
+            return
+        phi = _tube(grid, box, pts, r)
+        phi += np.float32(0.06 * r) * _noise(self.rng, grid.sub_axes(box), 2 * r)
+        self.paint.paint(box, _sigmoid(-phi / w), self.blood(box, level), cls, _sigmoid(-(phi - wall) / w), wall_hu)
+
+
+def _paint_spine_and_aorta(chest: _Chest) -> None:
+    """Spine (vertebral body, discs, spinal canal in its bony arch) and the descending aorta."""
+    rng, grid, s, w, sig = chest.rng, chest.grid, chest.s, chest.w, _sigmoid
+    sp_c = chest.body_c + np.array([0.0, float(chest.body_r[1]) - 62 * s, _u(rng, -3, 3) * s])
     sp_scale = _u(rng, 0.9, 1.1) * s
-    box, phi = cylinder(sp_c, 17 * sp_scale, 20 * sp_scale)
+    box, phi = chest.cylinder(sp_c, 17 * sp_scale, 20 * sp_scale)
     if box is not None:
         z = grid.coords(box)[0]
         period = 27.0 * s
         disc = sig((np.float32(3.0 * s) - np.abs(np.mod(z - np.float32(_u(rng, 0, period)), period) - period / 2)) / w)
         bone_hu = _u(rng, 600, 800) * (1 - disc) + 80 * disc
         core_hu = _u(rng, 200, 300) * (1 - disc) + 80 * disc
-        paint.paint(box, sig(-(phi + np.float32(2.5 * s)) / w), core_hu, outer=sig(-phi / w), hu_wall=bone_hu)
-    box, phi = cylinder(sp_c + np.array([0.0, 17 * sp_scale + 11 * s, 0.0]), 8 * s, 9 * s)
+        chest.paint.paint(box, sig(-(phi + np.float32(2.5 * s)) / w), core_hu, outer=sig(-phi / w), hu_wall=bone_hu)
+    box, phi = chest.cylinder(sp_c + np.array([0.0, 17 * sp_scale + 11 * s, 0.0]), 8 * s, 9 * s)
     if box is not None:
-        paint.paint(box, sig(-phi / w), 25.0, outer=sig(-(phi - np.float32(5 * s)) / w), hu_wall=_u(rng, 500, 700))
+        chest.paint.paint(
+            box, sig(-phi / w), 25.0, outer=sig(-(phi - np.float32(5 * s)) / w), hu_wall=_u(rng, 500, 700)
+        )
 
     # Descending aorta (arterial blood, not a labelled structure), left-anterior of the spine.
     da_r = 11.0 * s * _u(rng, 0.9, 1.15)
-    box, phi = cylinder(sp_c + np.array([0.0, -24 * s, 24 * s]), da_r, da_r)
+    box, phi = chest.cylinder(sp_c + np.array([0.0, -24 * s, 24 * s]), da_r, da_r)
     if box is not None:
-        paint.paint(box, sig(-phi / w), blood(box, blood_l), outer=sig(-(phi - np.float32(2 * s)) / w))
+        chest.paint.paint(
+            box, sig(-phi / w), chest.blood(box, chest.blood_l), outer=sig(-(phi - np.float32(2 * s)) / w)
+        )
 
-    # Heart frame (real mm: x left, y posterior, z superior): centre, orientation and size jitter.
-    h_scale = s * _u(rng, 0.92, 1.08)
-    h_center = at((_u(rng, 6, 16), _u(rng, -28, -18), _u(rng, -12, 8)), body_c)
-    h_rot = _rotation(np.radians(rng.uniform(-8, 8, 3)))
 
-    def hp(p: tuple[float, float, float]) -> np.ndarray:
-        return h_center + _mm(h_rot, np.array([p[2], p[1], p[0]]) * h_scale)
-
-    def chamber(center: tuple, radii: tuple, rot: np.ndarray, deform: float = 0.07) -> tuple[Box | None, np.ndarray]:
-        """A heart-frame ellipsoid; ``radii`` (real mm) along the local axes 0, 1, 2 (the columns of ``rot``)."""
-        c = hp(center)
-        r = np.array(radii) * h_scale * rng.uniform(0.92, 1.08, 3)
-        box = grid.box(c, r.max() * 1.35 + 12 * h_scale + 2 * vox)
-        if box is None:
-            return None, np.zeros(0, np.float32)
-        return box, _ellipsoid(grid, box, c, r, rot, rng, deform, float(r.max()) * 0.7)
+def _paint_heart(chest: _Chest) -> None:
+    """The heart: LV and myocardium, the great arteries, the other chambers, then the epicardial fat around it."""
+    rng, grid, s, w, sig, paint = chest.rng, chest.grid, chest.s, chest.w, _sigmoid, chest.paint
+    chest.place_heart()
+    h_scale, h_rot = chest.h_scale, chest.h_rot
 
     # LV cavity and myocardium: an ellipsoid along the long axis (base -> apex: left, anterior, inferior).
     lv_axis = _mm(h_rot, np.array([-0.65, -0.45 + _u(rng, -0.1, 0.1), 0.6 + _u(rng, -0.1, 0.1)]))  # zyx
-    box, phi = chamber((18.0, 4.0, -10.0), (40.0, 22.0, 22.0), _frame(lv_axis))
+    box, phi = chest.chamber((18.0, 4.0, -10.0), (40.0, 22.0, 22.0), _frame(lv_axis))
     if box is not None:
         myo_t = np.float32(10.0 * h_scale * _u(rng, 0.85, 1.15))
         myo_hu = _u(rng, 90, 140) + np.float32(10) * _noise(rng, grid.sub_axes(box), 5 * s)
-        paint.paint(box, sig(-phi / w), blood(box, blood_l), _LV, sig(-(phi - myo_t) / w), myo_hu, _MYO)
+        paint.paint(box, sig(-phi / w), chest.blood(box, chest.blood_l), _LV, sig(-(phi - myo_t) / w), myo_hu, _MYO)
 
     wall = np.float32(2.5 * h_scale)
     wall_hu = _u(rng, 50, 80)
-
-    def tube(points: list[tuple[float, float, float]], radius: float, level: float, cls: int) -> None:
-        pts = np.stack([hp(p) for p in points])
-        r = radius * h_scale * _u(rng, 0.9, 1.1)
-        box = _polyline_box(grid, pts, r + 4 * vox + float(wall))
-        if box is None:
-            return
-        phi = _tube(grid, box, pts, r)
-        phi += np.float32(0.06 * r) * _noise(rng, grid.sub_axes(box), 2 * r)
-        paint.paint(box, sig(-phi / w), blood(box, level), cls, sig(-(phi - wall) / w), wall_hu)
-
+    blood_l, blood_r = chest.blood_l, chest.blood_r
     top = float(grid.half[0] / h_scale) + 60.0  # beyond the top of the field of view
-    tube([(0, 8, 8), (-6, 0, 38), (-10, 4, 70), (-12, 10, top)], 14.0, blood_l, _AA)
-    tube([(4, -30, 8), (10, -32, 34), (24, -12, 54), (40, 10, 56)], 13.0, blood_r, _PA)
-    tube([(24, -12, 54), (-10, 8, 58), (-40, 14, 55)], 9.0, blood_r, _PA)
+    chest.tube([(0, 8, 8), (-6, 0, 38), (-10, 4, 70), (-12, 10, top)], 14.0, blood_l, _AA, wall, wall_hu)
+    chest.tube([(4, -30, 8), (10, -32, 34), (24, -12, 54), (40, 10, 56)], 13.0, blood_r, _PA, wall, wall_hu)
+    chest.tube([(24, -12, 54), (-10, 8, 58), (-40, 14, 55)], 9.0, blood_r, _PA, wall, wall_hu)
 
     for center, radii, level, cls, angle in (
         ((8.0, 36.0, 20.0), (30.0, 18.0, 20.0), blood_l, _LA, 0.0),
@@ -642,30 +679,34 @@ def mmwhs_phantom(seed: int, shape: Shape = (96, 96, 96), spacing: Spacing = (1.
         ((-12.0, -22.0, -12.0), (34.0, 20.0, 32.0), blood_r, _RV, -0.5),
     ):
         rot = _mm(h_rot, _rotation(np.array([angle + _u(rng, -0.1, 0.1), 0.0, 0.0])))
-        box, phi = chamber(center, radii[::-1], rot)
+        box, phi = chest.chamber(center, radii[::-1], rot)
         if box is not None:
-            paint.paint(box, sig(-phi / w), blood(box, level), cls, sig(-(phi - wall) / w), wall_hu)
+            paint.paint(box, sig(-phi / w), chest.blood(box, level), cls, sig(-(phi - wall) / w), wall_hu)
 
-    # Epicardial / pericardial fat around the heart, then the lungs, ribs and subcutaneous fat; the rest is muscle.
-    box, phi = chamber((-4.0, 0.0, -2.0), (66.0, 58.0, 72.0), h_rot, deform=0.1)
+    # Epicardial / pericardial fat around the heart.
+    box, phi = chest.chamber((-4.0, 0.0, -2.0), (66.0, 58.0, 72.0), h_rot, deform=0.1)
     if box is not None:
         paint.paint(box, sig(-phi / w), _u(rng, -110, -70))
 
+
+def _paint_lungs_and_chest_wall(chest: _Chest) -> None:
+    """The lungs, ribs and subcutaneous fat; the rest of the body is muscle."""
+    rng, grid, s, w, sig, paint = chest.rng, chest.grid, chest.s, chest.w, _sigmoid, chest.paint
     lung_tex = _noise(rng, grid.axes, 4 * s)
     vessels = sig((_noise(rng, grid.axes, 2.5 * s) - np.float32(1.8)) / np.float32(0.15))
     lung_hu = np.float32(_u(rng, -860, -800)) + np.float32(25) * lung_tex + np.float32(600) * vessels
     del lung_tex, vessels
     wall_depth = _u(rng, 26, 34) * s
     for side in (-1.0, 1.0):
-        c = at((side * 80 + _u(rng, -5, 5), 6 + _u(rng, -5, 5), 60.0), body_c)
+        c = chest.at((side * 80 + _u(rng, -5, 5), 6 + _u(rng, -5, 5), 60.0), chest.body_c)
         r = np.array([200.0, 88.0, 56.0]) * s * rng.uniform(0.92, 1.05, 3)
-        box = grid.box(c, r + 0.25 * float(np.prod(r)) ** (1 / 3) + 2 * vox)  # room for the deformation
+        box = grid.box(c, r + 0.25 * float(np.prod(r)) ** (1 / 3) + 2 * chest.vox)  # room for the deformation
         if box is not None:
             phi = _ellipsoid(grid, box, c, r, None, rng, 0.06, 60 * s)
-            chest_wall = sig(-(phi_body[box] + np.float32(wall_depth)) / w)  # keep ribs, muscle and fat outside
+            chest_wall = sig(-(chest.phi_body[box] + np.float32(wall_depth)) / w)  # keep ribs, muscle, fat outside
             paint.paint(box, sig(-phi / w) * chest_wall, lung_hu[box])
 
-    depth = -phi_body  # mm inside the body surface
+    depth = -chest.phi_body  # mm inside the body surface
     z, _, x = grid.coords(grid.full)
     rib_d = np.float32(wall_depth - _u(rng, 6, 9) * s)
     ribs = sig((np.float32(4.0 * s) - np.abs(depth - rib_d)) / w)
@@ -677,11 +718,28 @@ def mmwhs_phantom(seed: int, shape: Shape = (96, 96, 96), spacing: Spacing = (1.
     del ribs, depth, slope, fat_t
     paint.paint(grid.full, np.ones(grid.shape, np.float32), _u(rng, 35, 60))
 
-    hu = paint.hu + (1 - body) * np.float32(-1000.0)
+
+def mmwhs_phantom(seed: int, shape: Shape = (96, 96, 96), spacing: Spacing = (1.0, 1.0, 1.0)) -> PhantomCase:
+    """An MM-WHS-like contrast-enhanced cardiac CT (Hounsfield units) with the seven whole-heart structures.
+
+    ``shape`` and ``spacing`` are in array order (z, y, x), LPS: +x is the patient's left, +y posterior,
+    +z superior. The field of view is a ~280 mm cardiac reconstruction (the body is cut off laterally, as in
+    cardiac CTA). Labels are MM-WHS values 205 (Myo), 420 (LA), 500 (LV), 550 (RA), 600 (RV), 820 (AA),
+    850 (PA), int16.
+    """
+    seed = _check_seed(seed)
+    rng = np.random.default_rng(seed)
+    grid = _Grid(shape, spacing)
+    chest = _Chest(rng, grid)
+    _paint_spine_and_aorta(chest)
+    _paint_heart(chest)
+    _paint_lungs_and_chest_wall(chest)
+
+    hu = chest.paint.hu + (1 - chest.body) * np.float32(-1000.0)
     hu += np.float32(_u(rng, 15, 25)) * rng.standard_normal(grid.shape, dtype=np.float32)
     np.clip(hu, -1024.0, 3071.0, out=hu)
 
-    fractions = paint.classes
+    fractions = chest.paint.classes
     fractions[0] = 1 - fractions[1:].sum(axis=0)
     labels = _argmax_labels(fractions, MMWHS_CT.label_values, np.int16)
     return PhantomCase(f"phantom_mmwhs_{seed:05d}", hu[None], labels, grid.geometry(), MMWHS_CT.modalities, fractions)
