@@ -20,7 +20,7 @@ from cldl.tasks import BRATS
 from cldl.training.config import TrainConfig
 from cldl.training.sampler import PatchSampler
 from cldl.training.state import json_to_random_state, random_state_to_json, seed_everything
-from cldl.training.trainer import Trainer
+from cldl.training.trainer import Trainer, command_line
 
 PHANTOMS_32 = {"train_seeds": [0, 2], "val_seeds": [10_000, 10_001], "shape": [32, 32, 32]}
 
@@ -251,3 +251,16 @@ def test_export_model_drops_the_training_state_and_keeps_the_weights(tmp_path: P
     assert target.stat().st_size < (run / "last.pt").stat().st_size
     again = subprocess.run(command, capture_output=True, text=True)
     assert again.returncode == 1 and again.stderr.startswith("export_model: error:") and "exists" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "recorded"),
+    [
+        (["/venv/lib/site-packages/cldl/__main__.py", "train", "--out", "r"], "python -m cldl train --out r"),
+        (["/venv/bin/cldl", "train", "--out", "r"], "/venv/bin/cldl train --out r"),
+    ],
+)
+def test_provenance_records_the_command_as_typed(monkeypatch, argv: list[str], recorded: str) -> None:
+    """`python -m cldl train` is recorded as typed, not as the path of the package's __main__.py."""
+    monkeypatch.setattr("sys.argv", argv)
+    assert command_line() == recorded

@@ -61,6 +61,14 @@ from .state import (
 from .validation import validate
 
 
+def command_line() -> str:
+    """The command that started this process as it was typed (``python -m cldl ...`` for the package's entry)."""
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name == "__main__.py" and Path(argv[0]).parent.name == "cldl":
+        argv[0] = "python -m cldl"
+    return " ".join(argv)
+
+
 @dataclass
 class RunState:
     """The moving parts of one training run: what the steps change and what a checkpoint saves."""
@@ -469,7 +477,7 @@ class Trainer:
             "code_version": __version__,
             "torch_version": str(torch.__version__),  # a TorchVersion would not load with weights_only
             "python": platform.python_version(),
-            "command": " ".join(sys.argv),
+            "command": command_line(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "warm_start": self.warm_start,
         }
