@@ -48,7 +48,7 @@ REGISTRY: dict[str, ModelEntry] = {
             "real anatomy (MNI152, realistic and domain-randomised contrasts); research use, not for clinical use",
             task="brats",
             filename="cldl_brats_anatomy.pt",
-            sha256="1538a57753302e5474c043b58a78d374c52d281143d655a8230c565d242b1ac9",
+            sha256="88ae7d5a061ce77a9c7aa43cd40f775d2561db6260bd04cfef59311928cbb9d0",
         ),
         ModelEntry(
             name=PHANTOM_MODEL,
