@@ -120,8 +120,9 @@ def test_presets_say_what_the_paper_does() -> None:
         "mmwhs",
     )
     assert load_config("mmwhs2017_mr")["task"] == "mmwhs_mr"
-    with pytest.raises(FileNotFoundError, match="presets: .*brats2018_paper"):
+    with pytest.raises(FileNotFoundError, match="presets: .*brats2018_paper") as missing:
         load_config("brats2017")
+    assert "brats_anatomy" in str(missing.value) and "tiny_phantoms" in str(missing.value)  # the JSON presets too
     with pytest.raises(ValueError, match="amp_dtype"):
         TrainConfig(phantoms={}, amp_dtype="fp8")
 

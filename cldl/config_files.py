@@ -35,7 +35,7 @@ def resolve_config(name: str | Path) -> Path:
         preset = CONFIG_DIR / f"{name}{suffix}"
         if path.name == str(name) and preset.is_file():
             return preset
-    presets = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    presets = sorted({p.stem for p in CONFIG_DIR.iterdir() if p.suffix in (".yaml", ".yml", ".json")})
     raise FileNotFoundError(f"{name}: no such config file or preset (presets: {', '.join(presets)})")
 
 
