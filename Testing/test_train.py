@@ -253,6 +253,45 @@ def test_export_model_drops_the_training_state_and_keeps_the_weights(tmp_path: P
     assert again.returncode == 1 and again.stderr.startswith("export_model: error:") and "exists" in again.stderr
 
 
+def test_export_model_averages_the_weights_of_several_states(tmp_path: Path) -> None:
+    """scripts/export_model.py A B OUT: the mean of the two states' weights, both recorded; other networks refused."""
+    import subprocess
+    import sys
+
+    from cldl.registry import sha256_of
+
+    script = Path(__file__).parents[1] / "scripts" / "export_model.py"
+    run = tmp_path / "run"
+    Trainer(_resume_config(epochs=1), run, Reporter("none")).run()
+    (run / "last.pt").rename(run / "epoch1.pt")
+    Trainer(_resume_config(epochs=2), run, Reporter("none")).run()
+    states = [run / "epoch1.pt", run / "last.pt"]
+    target = tmp_path / "averaged.pt"
+    done = subprocess.run([sys.executable, str(script), *map(str, states), str(target)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    first, last, averaged = (load_checkpoint(p) for p in (*states, target))
+    for key, value in last.state_dict.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(averaged.state_dict[key], (first.state_dict[key] + value) / 2)
+    changed = [
+        k for k, v in last.state_dict.items() if v.is_floating_point() and not torch.equal(v, first.state_dict[k])
+    ]
+    assert changed  # the two states differ, so the mean is neither of them
+    recorded = averaged.provenance["averaged_from"]
+    assert [r["epoch"] for r in recorded] == [1, 2] and recorded[0]["sha256"] == sha256_of(states[0])
+    assert averaged.training_state is None and averaged.provenance["epoch"] == 2
+
+    other = tmp_path / "other"
+    Trainer(_resume_config(epochs=1, model={"base_width": 8}), other, Reporter("none")).run()
+    refused = subprocess.run(
+        [sys.executable, str(script), str(states[1]), str(other / "last.pt"), str(tmp_path / "mixed.pt")],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 1 and "not the same network" in refused.stderr
+    assert not (tmp_path / "mixed.pt").exists()
+
+
 @pytest.mark.parametrize(
     ("argv", "recorded"),
     [

@@ -1,7 +1,10 @@
 """Export a run's checkpoint as a model file to ship: the weights and provenance, without the training state.
 
-Usage: .venv/bin/python scripts/export_model.py RUN/last.pt OUT.pt [--note TEXT]
-(the bundled ``brats-anatomy`` was exported this way; docs/default_model.md)
+Usage: .venv/bin/python scripts/export_model.py RUN/last.pt [MORE.pt ...] OUT.pt [--note TEXT]
+With several checkpoints of one run (states along its last, low learning-rate stretch), the exported weights are
+their mean (stochastic weight averaging; Izmailov et al., 2018), the provenance that of the last one plus the list
+``averaged_from`` (path, sha256, epoch of each). The bundled ``brats-anatomy`` was exported this way
+(docs/default_model.md).
 """
 
 from __future__ import annotations
@@ -11,32 +14,66 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from cldl.checkpoint import load_checkpoint, save_checkpoint
+import torch
+
+from cldl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from cldl.registry import sha256_of
 
 
-def export(source: Path, target: Path, note: str | None = None) -> str:
-    """Write ``source`` without its training state to ``target`` (never over an existing file); returns its sha256."""
+def averaged_weights(checkpoints: list[Checkpoint]) -> dict[str, torch.Tensor]:
+    """The mean of the checkpoints' floating-point tensors (integer buffers from the last); they must be one network."""
+    last = checkpoints[-1]
+    for checkpoint in checkpoints[:-1]:
+        same = (checkpoint.model_config, checkpoint.task, checkpoint.preprocess, checkpoint.patch_size) == (
+            last.model_config,
+            last.task,
+            last.preprocess,
+            last.patch_size,
+        )
+        if not same or checkpoint.state_dict.keys() != last.state_dict.keys():
+            raise ValueError(f"{checkpoint.path} and {last.path} are not the same network; average states of one run")
+    weights = {}
+    for key, value in last.state_dict.items():
+        if value.is_floating_point():
+            total = sum(checkpoint.state_dict[key].double() for checkpoint in checkpoints)
+            weights[key] = (total / len(checkpoints)).to(value.dtype)
+        else:
+            weights[key] = value.clone()
+    return weights
+
+
+def export(sources: list[Path], target: Path, note: str | None = None) -> str:
+    """Write the last of ``sources`` (weights averaged over all of them) without its training state to ``target``
+    (never over an existing file); returns its sha256."""
     if target.exists():
         raise FileExistsError(f"{target} exists; choose another name")
-    checkpoint = load_checkpoint(source)
+    checkpoints = [load_checkpoint(source) for source in sources]
+    checkpoint = checkpoints[-1]
     provenance = dict(checkpoint.provenance)
-    provenance["exported_from"] = {"path": str(source), "sha256": sha256_of(source)}
+    provenance["exported_from"] = {"path": str(sources[-1]), "sha256": sha256_of(sources[-1])}
+    weights = checkpoint.state_dict
+    if len(checkpoints) > 1:
+        weights = averaged_weights(checkpoints)
+        provenance["averaged_from"] = [
+            {"path": str(source), "sha256": sha256_of(source), "epoch": c.provenance.get("epoch")}
+            for source, c in zip(sources, checkpoints)
+        ]
     if note:
         provenance["note"] = note
-    save_checkpoint(dataclasses.replace(checkpoint, training_state=None, provenance=provenance), target)
+    exported = dataclasses.replace(checkpoint, state_dict=weights, training_state=None, provenance=provenance)
+    save_checkpoint(exported, target)
     return sha256_of(target)
 
 
 def main() -> int:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", type=Path)
+    parser.add_argument("sources", type=Path, nargs="+", metavar="source", help="checkpoint(s) of one run")
     parser.add_argument("target", type=Path)
     parser.add_argument("--note", help="a sentence kept in the provenance (how the run was made)")
     args = parser.parse_args()
     try:
-        digest = export(args.source, args.target, args.note)
+        digest = export(args.sources, args.target, args.note)
     except (OSError, ValueError) as exc:
         print(f"export_model: error: {exc}", file=sys.stderr)
         return 1
