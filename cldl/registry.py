@@ -48,7 +48,7 @@ REGISTRY: dict[str, ModelEntry] = {
             "real anatomy (MNI152, realistic and domain-randomised contrasts); research use, not for clinical use",
             task="brats",
             filename="cldl_brats_anatomy.pt",
-            sha256="88ae7d5a061ce77a9c7aa43cd40f775d2561db6260bd04cfef59311928cbb9d0",
+            sha256="a88e386ccea5c4bfef6c6b8e6070cf601bee1c75cc1d280ef220caa4d4747ee7",
         ),
         ModelEntry(
             name=PHANTOM_MODEL,
