@@ -23,14 +23,12 @@ from cldl.registry import sha256_of
 def averaged_weights(checkpoints: list[Checkpoint]) -> dict[str, torch.Tensor]:
     """The mean of the checkpoints' floating-point tensors (integer buffers from the last); they must be one network."""
     last = checkpoints[-1]
+
+    def network(c: Checkpoint) -> tuple:
+        return c.model_config, c.task, c.preprocess, c.patch_size, set(c.state_dict)
+
     for checkpoint in checkpoints[:-1]:
-        same = (checkpoint.model_config, checkpoint.task, checkpoint.preprocess, checkpoint.patch_size) == (
-            last.model_config,
-            last.task,
-            last.preprocess,
-            last.patch_size,
-        )
-        if not same or checkpoint.state_dict.keys() != last.state_dict.keys():
+        if network(checkpoint) != network(last):
             raise ValueError(f"{checkpoint.path} and {last.path} are not the same network; average states of one run")
     weights = {}
     for key, value in last.state_dict.items():
