@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 
@@ -137,3 +139,21 @@ def test_real_anatomy_benchmark_quick(tmp_path: Path) -> None:
     assert "tumour marked on healthy brains" in out and results["healthy"]["cases"][0]["tumour_ml"] >= 0
     assert results["inference_seconds"]["brats-anatomy"] > 0
     assert (tmp_path / "uncertainty_vs_error.png").is_file()
+    # the quick case lies on the model's own 2 mm grid: a perfect segmentation there loses nothing
+    assert set(results["generator"]["grid_ceiling_dice"]) == {"WT", "TC", "ET"}
+    assert all(v == 1.0 for v in results["generator"]["cases"][0]["grid_ceiling_dice"].values())
+    assert "perfect on the model's grid" in out
+
+
+def test_grid_ceiling_keeps_what_the_coarse_grid_can_hold_and_loses_the_rest() -> None:
+    sys.path.insert(0, str(BENCH))
+    from real_anatomy_accuracy import grid_ceiling
+
+    from cldl.tasks import BRATS
+
+    reference = np.zeros((16, 16, 16), np.int64)
+    reference[4:8, 4:8, 4:8] = 2  # a 4 mm edema cube aligned with the 2 mm grid survives exactly
+    reference[10, 10, 10] = 3  # a single 1 mm voxel of enhancing tumour is an eighth of a 2 mm voxel: lost
+    ceiling = grid_ceiling(reference, BRATS, (1.0, 1.0, 1.0), (2.0, 2.0, 2.0))
+    assert ceiling["ET"] == 0.0 and 0.9 < ceiling["WT"] < 1.0
+    assert grid_ceiling(reference, BRATS, (1.0, 1.0, 1.0), None) == {"WT": 1.0, "TC": 1.0, "ET": 1.0}
