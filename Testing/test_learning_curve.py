@@ -44,6 +44,7 @@ def test_runs_are_chained_and_points_placed_at_their_step(tmp_path: Path) -> Non
     assert "second: steps 34-94, lr 5e-05-5e-05, loss 0.500 -> 0.100" in lines
     assert "    74 steps  state 2: WT / TC / ET 0.900 / 0.700 / 0.600, healthy brains 0.50 ml" in lines
     assert "    94 steps  mean 1-3: WT / TC / ET 0.920 / 0.750 / 0.650, healthy brains 0.50 ml" in lines
+    assert "perfect on the model's grid: WT / TC / ET 0.990 / 0.950 / 0.880" in lines
     assert out.is_file() and out.stat().st_size > 10_000
 
 

@@ -102,6 +102,11 @@ def rolling_mean(values: np.ndarray, window: int = 5) -> np.ndarray:
     return (cumulative[1:] - cumulative[np.arange(1, len(values) + 1) - counts]) / counts
 
 
+def grid_ceiling(points: list[Point]) -> dict[str, float] | None:
+    """The comparison set's Dice of a perfect segmentation on the model's grid, from the first result that has it."""
+    return next((p.grid_ceiling for p in points if p.grid_ceiling), None)
+
+
 def plot(segments: list[RunSegment], points: list[Point], out: Path) -> None:
     """Loss and learning rate on top, comparison-set Dice below, one shared step axis."""
     import matplotlib
@@ -120,13 +125,17 @@ def plot(segments: list[RunSegment], points: list[Point], out: Path) -> None:
     lr_axis.set_ylabel("learning rate (grey)")
     top.set_ylabel("training loss (5-epoch mean)")
     top.legend(loc="upper right", fontsize=8)
+    single = sorted((p for p in points if not p.averaged), key=lambda p: p.step)
+    means = [p for p in points if p.averaged]
+    ceiling = grid_ceiling(points)
     for region in REGIONS:
-        single = sorted((p for p in points if not p.averaged), key=lambda p: p.step)
-        bottom.plot(
-            [p.step for p in single], [p.dice[region] for p in single], "o-", color=COLOURS[region], label=region
-        )
-        means = [p for p in points if p.averaged]
-        bottom.plot([p.step for p in means], [p.dice[region] for p in means], "*", ms=12, color=COLOURS[region])
+        colour = COLOURS[region]
+        bottom.plot([p.step for p in single], [p.dice[region] for p in single], "o-", color=colour, label=region)
+        bottom.plot([p.step for p in means], [p.dice[region] for p in means], "*", ms=12, color=colour)
+        if ceiling:
+            bottom.axhline(ceiling[region], color=colour, ls="--", lw=0.8)
+    if ceiling:
+        bottom.set_ylim(top=max(ceiling.values()) + 0.01)
     bottom.set_ylabel("comparison-set Dice")
     bottom.set_title("o one state, * mean of states, -- perfect on the model's grid", fontsize=9)
     bottom.set_xlabel("training steps at 2 mm (batch 1)")
@@ -157,6 +166,9 @@ def main() -> int:
         healthy = "" if point.healthy_ml is None else f", healthy brains {point.healthy_ml:.2f} ml"
         dice = " / ".join(f"{point.dice[r]:.3f}" for r in REGIONS)
         print(f"{point.step:>6} steps  {point.label}: WT / TC / ET {dice}{healthy}")
+    ceiling = grid_ceiling(points)
+    if ceiling:
+        print("perfect on the model's grid: WT / TC / ET " + " / ".join(f"{ceiling[r]:.3f}" for r in REGIONS))
     plot(segments, points, args.out)
     print(f"figure: {args.out}")
     return 0
