@@ -142,7 +142,9 @@ def test_real_anatomy_benchmark_quick(tmp_path: Path) -> None:
     # the quick case lies on the model's own 2 mm grid: a perfect segmentation there loses nothing
     assert set(results["generator"]["grid_ceiling_dice"]) == {"WT", "TC", "ET"}
     assert all(v == 1.0 for v in results["generator"]["cases"][0]["grid_ceiling_dice"].values())
-    assert "perfect on the model's grid" in out
+    assert "perfect on the model's grid" in out and "after the authors' post-processing" in out
+    case = results["generator"]["cases"][0]
+    assert 0 <= case["et_dice_postprocessed"] <= 1 and results["generator"]["et_dice_postprocessed"] >= 0
 
 
 def test_grid_ceiling_keeps_what_the_coarse_grid_can_hold_and_loses_the_rest() -> None:
