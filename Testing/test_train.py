@@ -99,6 +99,12 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     assert _metrics(straight) == a  # the refused runs changed nothing
 
 
+def test_each_epoch_records_the_learning_rate_it_trained_at(tmp_path: Path) -> None:
+    config = tiny_config(lr=1e-3, lr_step=1, lr_gamma=0.5, epochs=2, iters_per_epoch=1, val_every=10)
+    Trainer(config, tmp_path, Reporter("none")).run()
+    assert [r["lr"] for r in _metrics(tmp_path)] == [1e-3, 5e-4]  # not the rate the scheduler set for the next one
+
+
 def test_stop_request_then_resume_rewrites_the_log_from_the_resume_point(tmp_path: Path) -> None:
     config = tiny_config(phantoms=PHANTOMS_32, epochs=2, iters_per_epoch=1, max_val_cases=0)
     summary = Trainer(config, tmp_path, Reporter("none"), stop_requested=lambda: True).run()

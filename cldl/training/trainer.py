@@ -286,9 +286,9 @@ class Trainer:
         """Scheduler step, validation when due, the epoch's record, ``last.pt`` and ``best.pt``; True when a stop
         was requested (the run ends after this epoch)."""
         config, ctx = self.config, self.dist
+        record = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}  # the rate this epoch trained at
         run.scheduler.step()
         broadcast_buffers(ctx, run.model)  # rank 0's BatchNorm statistics for validation and the checkpoint
-        record = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
         losses = mean_over_ranks(ctx, {k: v / config.iters_per_epoch for k, v in run.sums.items()})
         record.update({f"loss_{k}": v for k, v in losses.items()})
         is_best = False
