@@ -48,7 +48,7 @@ REGISTRY: dict[str, ModelEntry] = {
             "real anatomy (MNI152, realistic and domain-randomised contrasts); research use, not for clinical use",
             task="brats",
             filename="cldl_brats_anatomy.pt",
-            sha256="a88e386ccea5c4bfef6c6b8e6070cf601bee1c75cc1d280ef220caa4d4747ee7",
+            sha256="22e8047dde86b98c3e755524cd150bb1baf301d5a144596dc6120b04f42199bf",
         ),
         ModelEntry(
             name=PHANTOM_MODEL,
