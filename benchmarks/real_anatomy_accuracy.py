@@ -13,10 +13,10 @@ Test sets, none trained or tuned on (training uses seeds below 10000, the model 
 Per region (WT, TC, ET): Dice and HD95, and the Dice a perfect segmentation on the model's grid would reach (the
 reference averaged onto that grid, mapped back by linear interpolation and argmax as the predictions are: the ceiling
 the model's voxel size sets), and the ET Dice after the authors' post-processing (a predicted enhancing tumour of fewer
-than 50 voxels relabelled as necrosis, as `cldl evaluate --et-min-voxels 50`; the segmentation itself keeps it); per
-case: the volume predicted as tumour farther than 5 mm from the true
-tumour; calibration (ECE, Brier) inside the brain; the error rate per uncertainty bin (a figure); the inference time
-per case, also of ``--compare MODEL`` on the same cases in the same run.
+than 50 voxels relabelled as necrosis, as `cldl evaluate --et-min-voxels 50`; the segmentation itself keeps it).
+Per case: the volume predicted as tumour farther than 5 mm from the true tumour; calibration (ECE, Brier) inside the
+brain; the error rate per uncertainty bin (a figure); the inference time per case, also of ``--compare MODEL`` on the
+same cases in the same run.
 
 Run: .venv/bin/python benchmarks/real_anatomy_accuracy.py [--model NAME_OR_PATH] [--generator-cases 20]
      [--training-cases 8] [--colin-cases 10] [--healthy-cases 3] [--compare NAME_OR_PATH] [--out DIR]
