@@ -57,3 +57,18 @@ def test_a_folder_that_is_not_a_run_is_one_error_line(tmp_path: Path) -> None:
     )
     assert process.returncode != 0 and "metrics.jsonl not found" in process.stderr
     assert not (tmp_path / "c.png").exists()
+
+
+def test_a_missing_or_foreign_results_file_is_one_error_line(tmp_path: Path) -> None:
+    run = _run_folder(tmp_path / "run", 10, [0.9, 0.8], 5e-4)
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({"something": "else"}))
+    for results in (tmp_path / "missing.json", foreign):
+        process = subprocess.run(
+            [sys.executable, str(SCRIPT), str(tmp_path / "c.png"), "--run", str(run), "--point", f"a=1:1={results}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert process.returncode != 0 and "not a results.json" in process.stderr
+        assert "Traceback" not in process.stderr and not (tmp_path / "c.png").exists()

@@ -88,8 +88,11 @@ def read_point(spec: str, segments: list[RunSegment], averaged: bool) -> Point:
         segment = segments[run - 1]
     except (ValueError, IndexError):
         raise SystemExit(f"error: --point/--averaged {spec!r}: expected LABEL=RUN:EPOCH=results.json") from None
-    data = json.loads(Path(results).read_text())
-    dice = {r: data["generator"]["summary"][r]["dice"]["mean"] for r in REGIONS}
+    try:
+        data = json.loads(Path(results).read_text())
+        dice = {r: data["generator"]["summary"][r]["dice"]["mean"] for r in REGIONS}
+    except (OSError, ValueError, KeyError) as error:
+        raise SystemExit(f"error: {results}: not a results.json of real_anatomy_accuracy.py ({error})") from None
     healthy = data.get("healthy", {}).get("mean_ml")
     ceiling = data["generator"].get("grid_ceiling_dice")
     return Point(label, segment.first_step + epoch * segment.iters_per_epoch, dice, healthy, averaged, ceiling)
