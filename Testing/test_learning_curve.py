@@ -57,6 +57,18 @@ def test_a_folder_that_is_not_a_run_is_one_error_line(tmp_path: Path) -> None:
     )
     assert process.returncode != 0 and "metrics.jsonl not found" in process.stderr
     assert not (tmp_path / "c.png").exists()
+    run = _run_folder(tmp_path / "run", 10, [0.9], 5e-4)
+    for spec, message in ((f"{run}:x", "expected [NAME=]RUN_DIR"), (f"{run}:1+y", "expected [NAME=]RUN_DIR")):
+        process = subprocess.run(
+            [sys.executable, str(SCRIPT), str(tmp_path / "c.png"), "--run", spec], capture_output=True, text=True
+        )
+        assert process.returncode != 0 and message in process.stderr and "Traceback" not in process.stderr
+    (run / "metrics.jsonl").write_text("")  # a run that has not finished an epoch
+    process = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "c.png"), "--run", str(run)], capture_output=True, text=True
+    )
+    assert process.returncode != 0 and "no finished epoch" in process.stderr
+    assert not (tmp_path / "c.png").exists()
 
 
 def test_a_missing_or_foreign_results_file_is_one_error_line(tmp_path: Path) -> None:

@@ -64,6 +64,10 @@ def read_runs(specs: list[str]) -> list[RunSegment]:
         for line in metrics.read_text().splitlines():
             row = json.loads(line)
             rows[int(row["epoch"])] = row  # a resumed epoch written twice keeps its last line
+        if not rows:
+            raise SystemExit(f"error: {metrics} records no finished epoch yet")
+        if not (last or "0").isdigit() or not (extra or "0").isdigit():
+            raise SystemExit(f"error: --run {spec!r}: expected [NAME=]RUN_DIR[:LAST_EPOCH[+ITERATIONS]]")
         last_epoch = int(last) if last else max(rows)
         epochs = np.array(sorted(e for e in rows if e <= last_epoch))
         segments.append(
