@@ -46,15 +46,16 @@ def export(sources: list[Path], target: Path, note: str | None = None) -> str:
     if target.exists():
         raise FileExistsError(f"{target} exists; choose another name")
     checkpoints = [load_checkpoint(source) for source in sources]
+    digests = [sha256_of(source) for source in sources]
     checkpoint = checkpoints[-1]
     provenance = dict(checkpoint.provenance)
-    provenance["exported_from"] = {"path": str(sources[-1]), "sha256": sha256_of(sources[-1])}
+    provenance["exported_from"] = {"path": str(sources[-1]), "sha256": digests[-1]}
     weights = checkpoint.state_dict
     if len(checkpoints) > 1:
         weights = averaged_weights(checkpoints)
         provenance["averaged_from"] = [
-            {"path": str(source), "sha256": sha256_of(source), "epoch": c.provenance.get("epoch")}
-            for source, c in zip(sources, checkpoints)
+            {"path": str(source), "sha256": digest, "epoch": c.provenance.get("epoch")}
+            for source, digest, c in zip(sources, digests, checkpoints)
         ]
     if note:
         provenance["note"] = note

@@ -114,7 +114,7 @@ def grid_ceiling(points: list[Point]) -> dict[str, float] | None:
     return next((p.grid_ceiling for p in points if p.grid_ceiling), None)
 
 
-def plot(segments: list[RunSegment], points: list[Point], out: Path) -> None:
+def plot(segments: list[RunSegment], points: list[Point], ceiling: dict[str, float] | None, out: Path) -> None:
     """Loss and learning rate on top, comparison-set Dice below, one shared step axis."""
     import matplotlib
 
@@ -134,7 +134,6 @@ def plot(segments: list[RunSegment], points: list[Point], out: Path) -> None:
     top.legend(loc="upper right", fontsize=8)
     single = sorted((p for p in points if not p.averaged), key=lambda p: p.step)
     means = [p for p in points if p.averaged]
-    ceiling = grid_ceiling(points)
     for region in REGIONS:
         colour = COLOURS[region]
         bottom.plot([p.step for p in single], [p.dice[region] for p in single], "o-", color=colour, label=region)
@@ -176,7 +175,7 @@ def main() -> int:
     ceiling = grid_ceiling(points)
     if ceiling:
         print("perfect on the model's grid: WT / TC / ET " + " / ".join(f"{ceiling[r]:.3f}" for r in REGIONS))
-    plot(segments, points, args.out)
+    plot(segments, points, ceiling, args.out)
     print(f"figure: {args.out}")
     return 0
 
